@@ -1,0 +1,18 @@
+# memgen workflow: `snakemake --cores 2` builds the default figures of config/config.yaml.
+# The config is validated (defaults filled in) before any job is scheduled; rules are
+# thin: one `python -m memgen STEP` call each, all logic in src/memgen.
+from memgen import config as memgen_config
+
+configfile: "config/config.yaml"
+
+memgen_config.validate(config)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/time_scale.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [FAMILY_TARGETS[f] for f in config["families"]],

@@ -1,0 +1,136 @@
+"""``python -m memgen STEP ...``: argument parsing only; every step is library code.
+
+Steps that turn HDF5 inputs into one HDF5 output share one calling convention::
+
+    python -m memgen train --input dataset=data/datasets/x.h5 --input init=data/init/y.h5 \\
+        --output data/runs/z.h5 --params '{"alpha": 1.0, ...}' [--device auto] [--threads 1]
+
+``--params`` is the JSON the workflow builds from the config (see memgen.experiments);
+it is stored verbatim in the output's provenance. Other commands: ``validate`` (check a
+config), ``summary``, ``figure``, ``code-hash``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from memgen import MemgenError
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, Path]:
+    out = {}
+    for item in values or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise MemgenError(f"{flag} {item!r}: expected NAME=PATH")
+        out[name] = Path(path)
+    return out
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _run_step(args) -> None:
+    from memgen.steps import STEPS
+
+    fn, needed, _ = STEPS[args.command]
+    inputs = _pairs(args.input, "--input")
+    missing = [n for n in needed if n not in inputs]
+    if missing:
+        raise MemgenError(f"{args.command}: missing --input {', '.join(m + '=PATH' for m in missing)}")
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        raise MemgenError(f"--params: not valid JSON ({exc})") from None
+    _threads(args.threads)
+    fn(inputs, Path(args.output), params, device=args.device, resume_every_s=args.resume_every_s)
+
+
+def _summary(args) -> None:
+    from memgen.experiments import time_scale
+
+    if args.family != "time_scale":
+        raise MemgenError(f"summary: unknown family '{args.family}'")
+    time_scale.summarize(args.runs, args.ntk_init, args.ntk_final, args.frozen or [], args.table, args.curves)
+
+
+def _figure(args) -> None:
+    from memgen.figures import draw
+
+    draw(args.family, args.name, _pairs(args.input, "--input"), args.output, json.loads(args.options or "{}"))
+
+
+def _validate(args) -> None:
+    from memgen import config
+
+    config.load(args.configfile, args.schema) if args.schema else config.load(args.configfile)
+    print(f"{args.configfile}: valid")
+
+
+def _code_hash(args) -> None:
+    from memgen.provenance import code_hash
+
+    print(code_hash(args.step))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from memgen.steps import STEPS
+
+    parser = argparse.ArgumentParser(prog="python -m memgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, needed, help_) in STEPS.items():
+        p = sub.add_parser(name, help=help_, description=f"{help_}. Inputs: {', '.join(needed) or 'none'}.")
+        p.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
+        p.add_argument("--output", required=True, metavar="PATH")
+        p.add_argument("--params", required=True, metavar="JSON")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--resume-every-s", type=float, default=300.0,
+                       help="seconds between resumable checkpoints of long runs")
+        p.set_defaults(func=_run_step)
+
+    p = sub.add_parser("summary", help="tidy CSV tables of a family's runs")
+    p.add_argument("family")
+    p.add_argument("--runs", nargs="+", type=Path, required=True)
+    p.add_argument("--ntk-init", nargs="+", type=Path, required=True)
+    p.add_argument("--ntk-final", nargs="+", type=Path, required=True)
+    p.add_argument("--frozen", nargs="*", type=Path)
+    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("--curves", type=Path, required=True)
+    p.set_defaults(func=_summary)
+
+    p = sub.add_parser("figure", help="draw one figure from summary CSVs")
+    p.add_argument("family")
+    p.add_argument("name")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
+    p.add_argument("--output", nargs="+", required=True, help="one path per format (.pdf, .png, .svg)")
+    p.add_argument("--options", default="{}", metavar="JSON")
+    p.set_defaults(func=_figure)
+
+    p = sub.add_parser("validate", help="validate a config file against the schema")
+    p.add_argument("--configfile", required=True)
+    p.add_argument("--schema", default=None)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("code-hash", help="hash of the library code behind a step")
+    p.add_argument("step")
+    p.set_defaults(func=_code_hash)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MemgenError as exc:
+        print(f"memgen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

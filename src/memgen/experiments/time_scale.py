@@ -1,0 +1,133 @@
+"""Lazy vs feature training time scales on sparse parity (Geiger et al. 2019, seed 000).
+
+Builds every step's parameters from the ``time_scale`` config block (the only place
+that knows the block's layout), and summarises the runs into tidy CSV tables.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memgen import h5io
+
+FAMILY = "time_scale"
+FIGURES = ("loss_vs_time", "time_to_fit", "kernel_change", "test_error", "memorization_time")
+
+
+def point_name(alpha: float, h: int, seed: int) -> str:
+    return f"alpha~{alpha:g}_h~{h}_seed~{seed}"
+
+
+def points(ts: dict) -> list[dict[str, Any]]:
+    """Every (alpha, h, seed) of the sweep."""
+    return [{"alpha": a, "h": h, "seed": s} for h in ts["widths"] for s in ts["seeds"] for a in ts["alphas"]]
+
+
+def dataset_params(ts: dict) -> dict:
+    return dict(ts["dataset"])
+
+
+def init_params(ts: dict, h: int, seed: int) -> dict:
+    model = {"d": ts["dataset"]["d"], "h": int(h), **ts["model"]}
+    return {"dataset": dataset_params(ts), "model": model, "seed": int(seed), "dtype": ts["dtype"]}
+
+
+def _flow(ts: dict, alpha: float, h: int) -> dict:
+    f = dict(ts["flow"])
+    tau = f.pop("tau_over_h") * h * min(1.0, f.pop("tau_alpha_crit") / alpha)
+    f.pop("resume_every_s")  # when to save does not change the result
+    return {**f, "tau": tau}
+
+
+def train_params(ts: dict, alpha: float, h: int, seed: int) -> dict:
+    return {"init": init_params(ts, h, seed), "alpha": float(alpha), "loss": dict(ts["loss"]),
+            "flow": _flow(ts, alpha, h)}
+
+
+def ntk_params(ts: dict, h: int, seed: int, alpha: float | None = None) -> dict:
+    """NTK at initialisation (alpha None) or at the end of the run at ``alpha``."""
+    run = None if alpha is None else train_params(ts, alpha, h, seed)
+    return {"init": init_params(ts, h, seed), "run": run}
+
+
+def kernel_train_params(ts: dict, alpha: float, h: int, seed: int) -> dict:
+    return {"ntk": ntk_params(ts, h, seed), "alpha": float(alpha), "loss": dict(ts["loss"]),
+            "flow": _flow(ts, alpha, h)}
+
+
+# ---------------------------------------------------------------- summary
+
+RUN_SHAPES = {f"trajectory/{k}": ("c",) for k in ("step", "t", "loss", "train_err", "test_err", "dnorm")}
+
+
+def _best(traj: dict) -> tuple[float, float]:
+    """(time of the lowest test error, that error) over the checkpoints."""
+    err = traj["trajectory/test_err"]
+    i = int(np.nanargmin(err)) if np.isfinite(err).any() else 0
+    return float(traj["trajectory/t"][i]), float(err[i])
+
+
+def _run_row(path: Path) -> tuple[dict, pd.DataFrame]:
+    d = h5io.read(path, RUN_SHAPES)
+    p = d.params
+    init = p["init"] if "init" in p else p["ntk"]["init"]
+    a = d.attrs
+    t_best, err_best = _best(d.arrays)
+    row = {
+        "alpha": p["alpha"], "h": init["model"]["h"], "seed": init["seed"],
+        "t_fit": float(a["t_fit"]), "step_fit": int(a["step_fit"]),
+        "train_err": float(d["trajectory/train_err"][-1]), "test_err": float(d["trajectory/test_err"][-1]),
+        "diverged": bool(a["diverged"]), "converged": bool(a["converged"]), "stop_reason": str(a["stop_reason"]),
+        "t_memorize": float(a["t_memorize"]), "t_best_test": t_best, "best_test_err": err_best,
+        "dnorm": float(d["trajectory/dnorm"][-1]), "steps": int(d["trajectory/step"][-1]),
+    }
+    curve = pd.DataFrame({"t": d["trajectory/t"], "step": d["trajectory/step"], "loss": d["trajectory/loss"],
+                          "train_err": d["trajectory/train_err"], "test_err": d["trajectory/test_err"]})
+    for key in ("alpha", "h", "seed"):
+        curve.insert(0, key, row[key])
+    return row, curve
+
+
+def _kernel_change(k0_path: Path, k1_path: Path) -> dict[str, float]:
+    from memgen.kernels import relative_change, shape_change  # torch-free math on numpy via torch
+    import torch
+
+    k0 = torch.from_numpy(h5io.read(k0_path, {"K_train_train": ("n", "n")})["K_train_train"])
+    k1 = torch.from_numpy(h5io.read(k1_path, {"K_train_train": ("n", "n")})["K_train_train"])
+    return {"ntk_rel_change": relative_change(k0, k1), "ntk_shape_change": shape_change(k0, k1),
+            "ntk_norm_ratio": float(k1.norm() / k0.norm())}
+
+
+def summarize(runs: list[Path], ntk_init: list[Path], ntk_final: list[Path], frozen: list[Path],
+              out_table: Path, out_curves: Path) -> pd.DataFrame:
+    """One row per (alpha, h, seed): times, errors, kernel change and the frozen-kernel
+    reference; plus a long table of the loss/error curves. ``ntk_init``/``ntk_final``/
+    ``frozen`` are aligned with ``runs`` (``frozen`` may be empty)."""
+    rows, curves = [], []
+    for i, path in enumerate(runs):
+        row, curve = _run_row(path)
+        row.update(_kernel_change(ntk_init[i], ntk_final[i]))
+        if frozen:
+            frow, _ = _run_row(frozen[i])
+            row.update({f"frozen_{k}": frow[k] for k in ("test_err", "t_fit", "diverged", "best_test_err")})
+        rows.append(row)
+        curves.append(curve)
+    table = pd.DataFrame(rows).sort_values(["h", "seed", "alpha"]).reset_index(drop=True)
+    table.insert(3, "sqrt_h_alpha", np.sqrt(table["h"]) * table["alpha"])
+    _write_csv(table, out_table)
+    _write_csv(pd.concat(curves, ignore_index=True), out_curves)
+    return table
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Atomic CSV write (temp file + rename), full float precision."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False, float_format="%.10g")
+    tmp.replace(path)

@@ -1,0 +1,46 @@
+"""Margin losses l(z) of z = F(x) * y (y in {-1, +1}) and their derivatives l'(z).
+
+- ``soft_hinge`` (beta): l(z) = softplus(beta (1 - z)) / beta, l'(z) = -sigmoid(beta (1 - z))
+- ``hinge``: l(z) = max(0, 1 - z), l'(z) = -1[z < 1]
+- ``mse``: l(z) = (1 - z)^2 / 2 (= (F - y)^2 / 2 for y = +-1), l'(z) = z - 1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from memgen import MemgenError
+
+LOSSES = ("soft_hinge", "hinge", "mse")
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str = "soft_hinge"
+    beta: float = 20.0
+
+    def __post_init__(self):
+        if self.name not in LOSSES:
+            raise MemgenError(f"loss.name: unknown '{self.name}'; allowed: {', '.join(LOSSES)}")
+        if self.name == "soft_hinge" and not self.beta > 0:
+            raise MemgenError(f"loss.beta: must be > 0, got {self.beta}")
+
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        if self.name == "soft_hinge":
+            return F.softplus(self.beta * (1 - z)) / self.beta
+        if self.name == "hinge":
+            return (1 - z).clamp_min(0)
+        return 0.5 * (1 - z) ** 2
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        if self.name == "soft_hinge":
+            return -torch.sigmoid(self.beta * (1 - z))
+        if self.name == "hinge":
+            return -(z < 1).to(z.dtype)
+        return z - 1
+
+    def value_and_derivative(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.value(z), self.derivative(z)
