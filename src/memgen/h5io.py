@@ -70,7 +70,7 @@ def write(
             f.attrs["params_sha256"] = params_hash(params)
             f.attrs["code_sha256"] = code_sha256
             f.attrs["seed"] = -1 if seed is None else int(seed)
-            f.attrs["torch_version"] = torch.__version__
+            f.attrs["torch_version"] = str(torch.__version__)
             f.attrs["numpy_version"] = np.__version__
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
