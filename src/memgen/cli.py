@@ -53,12 +53,28 @@ def _run_step(args) -> None:
     fn(inputs, Path(args.output), params, device=args.device, resume_every_s=args.resume_every_s)
 
 
-def _summary(args) -> None:
-    from memgen.experiments import time_scale
+def _family(name: str):
+    import importlib
 
-    if args.family != "time_scale":
-        raise MemgenError(f"summary: unknown family '{args.family}'")
-    time_scale.summarize(args.runs, args.ntk_init, args.ntk_final, args.frozen or [], args.table, args.curves)
+    try:
+        return importlib.import_module(f"memgen.experiments.{name}")
+    except ModuleNotFoundError:
+        raise MemgenError(f"unknown experiment family '{name}'") from None
+
+
+def _groups(values: list[list[str]] | None, flag: str) -> dict[str, list[Path]]:
+    """``--input NAME PATH [PATH ...]`` (repeatable) -> {NAME: [paths]}."""
+    out: dict[str, list[Path]] = {}
+    for group in values or []:
+        if not group:
+            raise MemgenError(f"{flag}: expected NAME PATH [PATH ...]")
+        out.setdefault(group[0], []).extend(Path(p) for p in group[1:])
+    return out
+
+
+def _summary(args) -> None:
+    outputs = {k: v for k, v in _pairs(args.output, "--output").items()}
+    _family(args.family).summarize(_groups(args.input, "--input"), outputs)
 
 
 def _figure(args) -> None:
@@ -99,12 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="tidy CSV tables of a family's runs")
     p.add_argument("family")
-    p.add_argument("--runs", nargs="+", type=Path, required=True)
-    p.add_argument("--ntk-init", nargs="+", type=Path, required=True)
-    p.add_argument("--ntk-final", nargs="+", type=Path, required=True)
-    p.add_argument("--frozen", nargs="*", type=Path)
-    p.add_argument("--table", type=Path, required=True)
-    p.add_argument("--curves", type=Path, required=True)
+    p.add_argument("--input", nargs="+", action="append", metavar=("NAME", "PATH"),
+                   help="a named group of input files (repeatable)")
+    p.add_argument("--output", action="append", default=[], metavar="NAME=PATH")
     p.set_defaults(func=_summary)
 
     p = sub.add_parser("figure", help="draw one figure from summary CSVs")

@@ -112,23 +112,17 @@ def validate(config: dict[str, Any], schema_path: str | Path = DEFAULT_SCHEMA) -
 
 
 def semantic_problems(config: dict[str, Any]) -> list[str]:
-    """Checks across keys that a JSON schema cannot state."""
+    """Checks across keys that a JSON schema cannot state: each family's ``check``."""
+    import importlib
+
     out = []
-    ts = config.get("time_scale")
-    if ts:
-        ds = ts["dataset"]
-        if ds["k"] > ds["d"]:
-            out.append(f"time_scale.dataset.k: {ds['k']} must be <= time_scale.dataset.d = {ds['d']}")
-        n = ds["n_train"] + ds["n_test"]
-        if ds["d"] < 63 and n > 2 ** ds["d"]:
-            out.append(f"time_scale.dataset.n_train + n_test: {n} exceeds the {2 ** ds['d']} distinct "
-                       f"binary strings of length d = {ds['d']}")
-        for key in ("alphas", "widths", "seeds"):
-            if len(set(ts[key])) != len(ts[key]):
-                out.append(f"time_scale.{key}: contains duplicates {ts[key]}")
-        curves = ts["figures"]
-        if curves["h"] is not None and curves["h"] not in ts["widths"]:
-            out.append(f"time_scale.figures.h: {curves['h']} is not one of time_scale.widths {ts['widths']}")
+    for family, block in config.items():
+        if isinstance(block, dict) and family not in ("resources",):
+            try:
+                module = importlib.import_module(f"memgen.experiments.{family}")
+            except ModuleNotFoundError:
+                continue
+            out += [f"{family}.{problem}" for problem in module.check(block)]
     return out
 
 

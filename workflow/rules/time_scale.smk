@@ -128,9 +128,9 @@ if "time_scale" in config:
         log:
             "logs/time_scale/summary.log",
         shell:
-            "{PYTHON} -m memgen summary time_scale --runs {input.runs} --ntk-init {input.ntk_init}"
-            " --ntk-final {input.ntk_final} --frozen {input.frozen}"
-            " --table {output.table} --curves {output.curves} > {log} 2>&1"
+            "{PYTHON} -m memgen summary time_scale --input runs {input.runs} --input ntk_init {input.ntk_init}"
+            " --input ntk_final {input.ntk_final} --input frozen {input.frozen}"
+            " --output table={output.table} --output curves={output.curves} > {log} 2>&1"
 
     rule ts_figure:
         input:

@@ -1,0 +1,192 @@
+"""Figures of the time-scale family (Geiger, Spigler, Jacot, Wyart 2019,
+"Disentangling feature and lazy training in deep neural networks").
+
+Each figure reads the summary CSVs only (``table``: one row per (alpha, h, seed);
+``curves``: checkpoints of every run). Seeds are averaged (mean, min-max bars);
+diverged runs are dropped from means and, in the test-error figure, marked.
+Axes use the article's conventions (``sqrt_h_alpha`` = sqrt(h) alpha_article and times
+in article units, see memgen.experiments.time_scale.article_units), so runs with either
+last-layer scaling or loss normalization land on the same axes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from memgen import MemgenError
+from memgen.experiments.time_scale import FIGURES
+from memgen.figures import style
+
+# figure -> input -> columns it needs
+NEEDS = {
+    "loss_vs_time": {"curves": ["alpha", "h", "seed", "t", "alpha2_loss"]},
+    "time_to_fit": {"table": ["h", "seed", "sqrt_h_alpha", "t_fit", "converged", "diverged"]},
+    "kernel_change": {"table": ["h", "seed", "sqrt_h_alpha", "ntk_rel_change", "ntk_shape_change", "diverged"]},
+    "test_error": {"table": ["sqrt_h_alpha", "h", "seed", "test_err", "diverged"]},
+    "memorization_time": {"table": ["sqrt_h_alpha", "h", "seed", "t_memorize", "t_best_test", "diverged"]},
+}
+assert set(NEEDS) == set(FIGURES)
+
+SQRT_H_ALPHA = r"$\sqrt{h}\,\alpha$"
+
+
+def draw(name: str, inputs: dict[str, Path], outputs: list[Path], options: dict) -> None:
+    if name not in NEEDS:
+        raise MemgenError(f"figure: unknown time_scale figure '{name}'; known: {', '.join(FIGURES)}")
+    data = {key: _read(inputs, key, cols, name) for key, cols in NEEDS[name].items()}
+    with style.paper_style():
+        fig = globals()[f"_{name}"](**data, options=options)
+        style.save(fig, outputs)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _read(inputs: dict[str, Path], key: str, columns: list[str], name: str) -> pd.DataFrame:
+    if key not in inputs:
+        raise MemgenError(f"figure {name}: missing --input {key}=PATH")
+    path = Path(inputs[key])
+    if not path.is_file():
+        raise MemgenError(f"figure {name}: input {key} '{path}' does not exist")
+    df = pd.read_csv(path)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise MemgenError(f"figure {name}: {path} lacks column(s) {', '.join(missing)}")
+    for col in df.columns:  # bool columns come back as object when they hold NaN
+        if col in ("diverged", "converged", "frozen_diverged") and df[col].dtype != bool:
+            df[col] = df[col].astype(str).str.lower().isin(("true", "1", "1.0"))
+    return df
+
+
+def _widths(df: pd.DataFrame):
+    """``(h, style, rows)`` for each width, in increasing order, same style everywhere."""
+    for i, h in enumerate(sorted(df["h"].unique())):
+        yield int(h), style.width_style(i), df[df["h"] == h]
+
+
+def _seed_stats(df: pd.DataFrame, x: str, y: str, log_y: bool = False) -> pd.DataFrame:
+    """Mean and min/max over seeds of ``y`` at each ``x`` (finite values; positive on a log axis)."""
+    v = df[[x, y]].replace([np.inf, -np.inf], np.nan).dropna()
+    if log_y:
+        v = v[v[y] > 0]
+    return v.groupby(x)[y].agg(["mean", "min", "max"]).reset_index().rename(columns={x: "x"})
+
+
+def _points(ax, df, x, y, st, label, log_y=False, filled=True, ls="-"):
+    """Seed-mean of ``y`` vs ``x`` with min-max bars; returns how many points were drawn."""
+    s = _seed_stats(df, x, y, log_y)
+    if len(s):
+        err = np.vstack([s["mean"] - s["min"], s["max"] - s["mean"]])
+        ax.errorbar(s["x"], s["mean"], yerr=err, marker=st["marker"], color=st["color"], ls=ls, lw=0.8,
+                    mfc=st["color"] if filled else "white", mew=0.8, elinewidth=0.6, label=label)
+    return len(s)
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df["diverged"]]
+
+
+def _note_if_empty(ax, n: int, what: str) -> None:
+    if n == 0:
+        ax.text(0.5, 0.5, f"no {what}", transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+# ---------------------------------------------------------------- figures
+
+def _loss_vs_time(curves: pd.DataFrame, options: dict):
+    h = options.get("h") or int(curves["h"].min())
+    seed = int(options.get("seed", 0))
+    sel = curves[(curves["h"] == h) & (curves["seed"] == seed)]
+    if sel.empty:
+        raise MemgenError(f"figure loss_vs_time: no curve for h={h}, seed={seed} "
+                          f"(widths {sorted(curves['h'].unique())}, seeds {sorted(curves['seed'].unique())})")
+    fig, ax = style.figure()
+    norm = style.log_norm(sel["alpha"].unique())  # colour: the config's alpha
+    cmap = matplotlib.colormaps[style.CMAP]
+    for alpha, run in sel.groupby("alpha"):
+        y = run["alpha2_loss"]
+        keep = (run["t"] > 0) & np.isfinite(y) & (y > 0)
+        ax.plot(run["t"][keep], y[keep], color=cmap(norm(alpha)))
+    ax.set(xscale="log", yscale="log", xlabel=r"$t$", ylabel=r"$\alpha^2\,\mathcal{L}$", title=f"$h={h}$")
+    style.colorbar(fig, ax, norm, r"$\alpha$")
+    return fig
+
+
+def _time_to_fit(table: pd.DataFrame, options: dict):
+    fig, ax = style.figure()
+    fit = table[table["converged"] & ~table["diverged"]]
+    n = sum(_points(ax, rows, "sqrt_h_alpha", "t_fit", st, f"$h={h}$", log_y=True) for h, st, rows in _widths(fit))
+    _note_if_empty(ax, n, "converged run")
+    ax.set(xscale="log", yscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"$t_\mathrm{fit}$")
+    if n:
+        ax.legend()
+    return fig
+
+
+def _kernel_change(table: pd.DataFrame, options: dict):
+    fig, (left, right) = style.figure(ncols=2, sharex=True)
+    ok = _ok(table)
+    n = 0
+    for h, st, rows in _widths(ok):
+        n += _points(left, rows, "sqrt_h_alpha", "ntk_rel_change", st, f"$h={h}$", log_y=True)
+        _points(right, rows, "sqrt_h_alpha", "ntk_shape_change", st, f"$h={h}$")
+    _note_if_empty(left, n, "finite kernel change")
+    left.set(xscale="log", yscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"$\|\Theta_T-\Theta_0\|/\|\Theta_0\|$")
+    right.set(xscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"$\|\hat\Theta_T-\hat\Theta_0\|$")
+    right.text(0.97, 0.95, r"$\hat\Theta=\Theta/\|\Theta\|$", transform=right.transAxes, ha="right", va="top")
+    top = ok["ntk_shape_change"].replace([np.inf, -np.inf], np.nan).max()
+    right.set_ylim(0, min(2.0, 1.15 * top) if top > 0 else 2.0)
+    if n:
+        left.legend()
+    return fig
+
+
+def _test_error(table: pd.DataFrame, options: dict):
+    fig, ax = style.figure()
+    ok = _ok(table)
+    frozen = "frozen_test_err" in table.columns
+    for h, st, rows in _widths(table):
+        _points(ax, _ok(rows), "sqrt_h_alpha", "test_err", st, f"$h={h}$")
+        if frozen:
+            ref = rows[~rows["frozen_diverged"]] if "frozen_diverged" in rows else rows
+            s = _seed_stats(ref, "sqrt_h_alpha", "frozen_test_err")
+            ax.plot(s["x"], s["mean"], ls="--", lw=0.8, color=st["color"])
+    handles, labels = ax.get_legend_handles_labels()
+    if frozen:
+        handles.append(Line2D([], [], ls="--", lw=0.8, color="0.3"))
+        labels.append("frozen kernel")
+    bad = table[table["diverged"]]
+    if len(bad):  # at the bottom of the axes: their error is meaningless
+        ax.plot(bad["sqrt_h_alpha"], np.full(len(bad), 0.03), "x", color="red", ms=5, mew=1.0,
+                transform=ax.get_xaxis_transform(), clip_on=False)
+        handles.append(Line2D([], [], ls="", marker="x", color="red", ms=5, mew=1.0))
+        labels.append("diverged")
+    _note_if_empty(ax, len(ok) + len(bad), "run")
+    ax.set(xscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"test error $\epsilon$")
+    ax.set_ylim(bottom=0)
+    if handles:
+        ax.legend(handles, labels)
+    return fig
+
+
+def _memorization_time(table: pd.DataFrame, options: dict):
+    fig, ax = style.figure()
+    ok = _ok(table)
+    n = 0
+    handles, labels = [], []
+    for h, st, rows in _widths(ok):
+        n += _points(ax, rows, "sqrt_h_alpha", "t_memorize", st, None, log_y=True)
+        n += _points(ax, rows, "sqrt_h_alpha", "t_best_test", st, None, log_y=True, filled=False, ls=":")
+        handles.append(Line2D([], [], ls="", **st))
+        labels.append(f"$h={h}$")
+    grey = {"marker": "o", "color": "0.3", "ls": ""}
+    handles += [Line2D([], [], **grey), Line2D([], [], mfc="white", **grey)]
+    labels += [r"$t_\mathrm{mem}$ (train error $=0$)", r"$t_\mathrm{best}$ (min test error)"]
+    _note_if_empty(ax, n, "finite time")
+    ax.set(xscale="log", yscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"time $t$")
+    ax.legend(handles, labels)
+    return fig
