@@ -89,6 +89,24 @@ def _numbers(obj):
     return obj
 
 
+def _cast_integers(value, schema):
+    """Integral floats (``1e2``) in integer-typed fields become ints, so params JSON,
+    hashes and code see the type the schema promises."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key, sub in props.items():
+            if key in value:
+                value[key] = _cast_integers(value[key], sub)
+        return value
+    if isinstance(value, list):
+        return [_cast_integers(v, schema.get("items", {})) for v in value]
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "integer" in types and "number" not in types and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def validate(config: dict[str, Any], schema_path: str | Path = DEFAULT_SCHEMA) -> dict[str, Any]:
     """Validate ``config`` in place (defaults filled in) and return it.
 
@@ -105,6 +123,7 @@ def validate(config: dict[str, Any], schema_path: str | Path = DEFAULT_SCHEMA) -
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = [_message(e) for e in errors]
     if not problems:
+        _cast_integers(config, schema)
         problems = semantic_problems(config)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -35,6 +35,10 @@ class H5Error(MemgenError):
     """An input HDF5 file is missing, unreadable, incomplete or from other parameters."""
 
 
+PROVENANCE_KEYS = {"memgen_version", "step", "params", "params_sha256", "code_sha256", "seed",
+                   "torch_version", "numpy_version"}
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     try:  # torch tensors, without importing torch here
         value = value.detach().cpu().numpy()
@@ -60,6 +64,9 @@ def write(
     import torch  # local: keep `import memgen.h5io` light
 
     path = Path(path)
+    clash = PROVENANCE_KEYS & set(attrs or {})
+    if clash:
+        raise ValueError(f"h5io.write: attrs {sorted(clash)} would overwrite provenance attributes")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:

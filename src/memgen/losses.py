@@ -30,7 +30,8 @@ class Loss:
 
     def value(self, z: torch.Tensor) -> torch.Tensor:
         if self.name == "soft_hinge":
-            return F.softplus(self.beta * (1 - z)) / self.beta
+            u = self.beta * (1 - z)  # stable softplus(u) = max(u, 0) + log1p(exp(-|u|))
+            return (u.clamp_min(0) + torch.log1p(torch.exp(-u.abs()))) / self.beta
         if self.name == "hinge":
             return (1 - z).clamp_min(0)
         return 0.5 * (1 - z) ** 2

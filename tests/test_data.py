@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from memgen import MemgenError, data, h5io
+
+
+def test_sparse_parity_labels_sizes_distinct():
+    n_train, n_test, k, d = 300, 500, 3, 10
+    ds = data.sparse_parity(n_train, n_test, k, d, seed=7)
+    assert ds.x_train.shape == (n_train, d) and ds.x_test.shape == (n_test, d)
+    assert ds.y_train.shape == (n_train,) and ds.y_test.shape == (n_test,)
+    assert ds.x_train.dtype == torch.float64
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        bits = x.numpy().astype(int)
+        assert set(np.unique(bits)) <= {0, 1}
+        parity = np.array([sum(int(b) for b in row[:k]) % 2 for row in bits])
+        np.testing.assert_array_equal(y.numpy(), 2 * parity - 1)
+    rows = [tuple(r) for r in np.concatenate([ds.x_train.numpy(), ds.x_test.numpy()]).astype(int)]
+    assert len(set(rows)) == n_train + n_test  # distinct, hence train/test disjoint
+    # every string of length d appears at most once even when almost all are drawn
+    full = data.sparse_parity(2**d - 4, 4, k, d, seed=1)
+    allrows = np.concatenate([full.x_train.numpy(), full.x_test.numpy()]).astype(int)
+    assert len({tuple(r) for r in allrows}) == 2**d
+
+
+def test_sparse_parity_long_strings_path():
+    ds = data.sparse_parity(50, 50, 2, 70, seed=0)  # d > 62: rejection sampling
+    x = np.concatenate([ds.x_train.numpy(), ds.x_test.numpy()]).astype(int)
+    assert len({tuple(r) for r in x}) == 100
+    np.testing.assert_array_equal(np.concatenate([ds.y_train, ds.y_test]), 2 * (x[:, :2].sum(1) % 2) - 1)
+
+
+def test_sparse_parity_seeding():
+    a = data.sparse_parity(40, 60, 2, 8, seed=3)
+    b = data.sparse_parity(40, 60, 2, 8, seed=3)
+    c = data.sparse_parity(40, 60, 2, 8, seed=4)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+@pytest.mark.parametrize("args", [(200, 57, 2, 8), (10, 10, 9, 8), (10, 10, 0, 8)])
+def test_sparse_parity_invalid(args):
+    with pytest.raises(MemgenError):
+        data.sparse_parity(*args, seed=0)
+
+
+def test_sparse_parity_exactly_all_strings_ok():
+    ds = data.sparse_parity(200, 56, 2, 8, seed=0)
+    assert len(ds.y_train) + len(ds.y_test) == 256
+
+
+def test_labels_balanced():
+    n = 20000
+    ds = data.sparse_parity(n, 0, 3, 20, seed=11)
+    assert abs(float(ds.y_train.mean())) < 5 / np.sqrt(n)
+
+
+def test_save_load_roundtrip(tmp_path):
+    ds = data.sparse_parity(30, 20, 2, 6, seed=5)
+    params = {"name": "sparse_parity", "n_train": 30, "n_test": 20, "k": 2, "d": 6, "seed": 5}
+    path = tmp_path / "ds.h5"
+    data.save(ds, path, params)
+    back = data.load(path, expect_params=params)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(ds, name), getattr(back, name))
+    assert back.meta == params
+    with pytest.raises(h5io.H5Error, match="other parameters"):
+        data.load(path, expect_params={**params, "seed": 6})
+
+
+def test_load_rejects_non_binary_labels(tmp_path):
+    ds = data.sparse_parity(30, 20, 2, 6, seed=5)
+    ds.y_train = ds.y_train * 0.5
+    path = tmp_path / "bad.h5"
+    data.save(ds, path, {"seed": 0})
+    with pytest.raises(h5io.H5Error, match="y_train"):
+        data.load(path)
+    assert len(data.load(path, binary=False).y_train) == 30
