@@ -93,18 +93,19 @@ def momentum_step(w: torch.Tensor, v: torch.Tensor | None, grad: torch.Tensor, d
     """
     if tau > 0:
         decay = math.exp(-dt / tau)
-        v = v * decay - (1 - decay) * grad
+        v = torch.mul(v, decay).sub_(grad, alpha=1 - decay)
     else:
-        v = -grad
-    return w + dt * v, v
+        v = torch.neg(grad)
+    return torch.add(w, v, alpha=dt), v
 
 
 def relative_change(g: torch.Tensor, g_new: torch.Tensor) -> float:
     """||g - g'||^2 / (||g|| ||g'||), 0 when either is zero (feature_lazy's dgrad)."""
-    n1, n2 = g.norm(), g_new.norm()
+    n1, n2 = float(g.norm()), float(g_new.norm())
     if n1 == 0 or n2 == 0:
         return 0.0
-    return float((g - g_new).norm().pow(2) / (n1 * n2))
+    d = float(torch.dist(g, g_new))  # ||g - g'||
+    return d * d / (n1 * n2)
 
 
 def loglinspace(rate: float, step: float, end: int | None = None):
@@ -113,3 +114,81 @@ def loglinspace(rate: float, step: float, end: int | None = None):
     while end is None or t <= end:
         yield t
         t = int(t + 1 + step * (1 - math.exp(-t * rate / step)))
+
+
+# ---------------------------------------------------------------- linearized networks (NTK)
+#
+# For the loss (1/2n) sum_i (f(x_i) - y_i)^2 and a network linearized at w0,
+# f_lin(w, x) = f(w0, x) + J(x) (w - w0), gradient flow w' = -lr grad gives
+# f_train(t) - y = exp(-eta K t) (f0 - y), eta = lr / n, K = J J^T the NTK on the
+# training set; discrete GD replaces exp(-eta K t) by (I - eta K)^t.
+
+
+def _linear_time_factors(lam: torch.Tensor, t: torch.Tensor, eta: float, continuous: bool) -> torch.Tensor:
+    """g(lam, t) = (1 - exp(-eta lam t)) / lam (flow) or (1 - (1 - eta lam)^t) / lam
+    (GD), shape (T, n), with the limit eta t at lam = 0 (no division by zero)."""
+    lam = lam.reshape(1, -1)
+    t = t.reshape(-1, 1).to(lam.dtype)
+    x = eta * lam
+    if continuous:
+        num = -torch.expm1(-x * t)  # 1 - exp(-eta lam t)
+    else:
+        safe = x < 1  # log1p(-x) defined: 1 - (1 - x)^t = -expm1(t log1p(-x))
+        num = torch.where(safe, -torch.expm1(t * torch.log1p(-torch.where(safe, x, torch.zeros_like(x)))),
+                          1 - (1 - x) ** t)
+    small = (x * t).abs() < 1e-12
+    return torch.where(small, eta * t * (1 - x * t / 2), num / torch.where(lam == 0, torch.ones_like(lam), lam))
+
+
+def _as_tensor(v, like):
+    return torch.as_tensor(v, dtype=like.dtype, device=like.device)
+
+
+def linearized_predictions(k_train_train, k_test_train, f0_train, f0_test, y_train, t, lr: float = 1.0,
+                           continuous: bool = True):
+    """Outputs of the linearized network on train and test at every time in ``t``.
+
+    Loss (1/2n) sum (f - y)^2, eta = lr / n, K = k_train_train (n, n), r = f0_train - y:
+
+        f_train(t) = f0_train - (I - E(t)) r,   f_test(t) = f0_test - k_test_train K^+ (I - E(t)) r
+
+    with E(t) = exp(-eta K t) (``continuous``, gradient flow) or (I - eta K)^t (discrete
+    GD, t = number of steps). From one eigendecomposition K = V diag(lam) V^T:
+    K^+ (I - E(t)) = V diag(g(lam, t)) V^T with g -> eta t at lam = 0 (the component of r
+    outside K's range moves the test outputs linearly in t, as the linear model does;
+    it is zero when that component is zero). Returns (F_train (T, n), F_test (T, m)),
+    leading time axis; tensors in k_train_train's dtype.
+    """
+    K = torch.as_tensor(k_train_train)
+    Kst = _as_tensor(k_test_train, K)
+    f0tr, f0te, y = (_as_tensor(v, K).reshape(-1) for v in (f0_train, f0_test, y_train))
+    t = _as_tensor(t, K).reshape(-1)
+    n = K.shape[0]
+    lam, V = torch.linalg.eigh((K + K.t()) / 2)
+    lam = torch.where(lam.abs() <= n * torch.finfo(K.dtype).eps * lam.abs().max(), torch.zeros_like(lam), lam)
+    c = V.t() @ (f0tr - y)  # r in the eigenbasis
+    G = _linear_time_factors(lam, t, lr / n, continuous) * c  # (T, n): K^+ (I - E) r in the eigenbasis
+    F_train = f0tr - (G * lam) @ V.t()
+    F_test = f0te - G @ (Kst @ V).t()
+    return F_train, F_test
+
+
+def linearized_weights(w0, vjp, k_train_train, f0_train, y_train, t, lr: float = 1.0, continuous: bool = True):
+    """Weights of the linearized network at every time in ``t`` (seed 001):
+
+        w(t) = w0 - J^T K^+ (I - E(t)) (f0 - y)
+
+    (E as in :func:`linearized_predictions`; eta = lr / n). ``vjp(g)`` must return
+    J^T g for g (n,) -- e.g. :func:`memgen.kernels.model_vjp` -- so J is never formed:
+    one vector-Jacobian product per time. Returns (T, P).
+    """
+    K = torch.as_tensor(k_train_train)
+    f0, y = (_as_tensor(v, K).reshape(-1) for v in (f0_train, y_train))
+    t = _as_tensor(t, K).reshape(-1)
+    n = K.shape[0]
+    lam, V = torch.linalg.eigh((K + K.t()) / 2)
+    lam = torch.where(lam.abs() <= n * torch.finfo(K.dtype).eps * lam.abs().max(), torch.zeros_like(lam), lam)
+    G = _linear_time_factors(lam, t, lr / n, continuous) * (V.t() @ (f0 - y))
+    coeff = G @ V.t()  # (T, n)
+    w0 = torch.as_tensor(w0)
+    return torch.stack([w0 - vjp(coeff[i]).to(w0.dtype) for i in range(len(t))])

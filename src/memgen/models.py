@@ -29,6 +29,9 @@ from torch import nn
 from memgen import MemgenError
 
 ACTIVATIONS = ("relu", "tanh", "softplus")
+# softplus(u) = u for u = beta z > 30: log1p(exp(-30)) ~ 1e-13 is below float64 rounding of
+# u, and exp(beta z) can no longer overflow (it does past beta z ~ 709 without a cutoff).
+SOFTPLUS_THRESHOLD = 30.0
 LAST_LAYERS = ("mean_field", "ntk")
 
 
@@ -71,23 +74,55 @@ class Activation:
         return activation_constant(self.name, self.beta) if self.normalize else 1.0
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        return self.value_and_derivative(z)[0]
-
-    def value_and_derivative(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi(z) alone (differentiable; the same numbers as ``value_and_derivative(z)[0]``)."""
         c = self.c
         if self.name == "relu":
-            pos = z > 0
-            return c * z.clamp_min(0), c * pos.to(z.dtype)
+            return c * z.clamp_min(0)
         if self.name == "tanh":
-            t = torch.tanh(z)
-            return c * t, c * (1 - t * t)
-        # softplus_beta(z) = log1p(exp(beta z)) / beta, derivative sigmoid(beta z)
-        value = F.softplus(z, beta=self.beta, threshold=1e9)
-        sig = torch.sigmoid(z * self.beta)
+            return c * torch.tanh(z)
+        value = F.softplus(z, beta=self.beta, threshold=SOFTPLUS_THRESHOLD)
         if c != 1.0:
             value.mul_(c)
-            sig.mul_(c)
-        return value, sig
+        return value
+
+    def value_and_derivative(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if z.requires_grad and torch.is_grad_enabled():  # differentiable path
+            c = self.c
+            if self.name == "relu":
+                pos = z > 0
+                return c * z.clamp_min(0), c * pos.to(z.dtype)
+            if self.name == "tanh":
+                t = torch.tanh(z)
+                return c * t, c * (1 - t * t)
+            value = F.softplus(z, beta=self.beta, threshold=SOFTPLUS_THRESHOLD)
+            sig = torch.sigmoid(z * self.beta)
+            if c != 1.0:
+                value.mul_(c)
+                sig.mul_(c)
+            return value, sig
+        return self._into(z, torch.empty_like(z), torch.empty_like(z))
+
+    def _into(self, z: torch.Tensor, value: torch.Tensor, deriv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi(z) and phi'(z) written into ``value`` and ``deriv`` (no autograd, no allocation).
+
+        Same operations, hence the same numbers, as the differentiable path.
+        """
+        c = self.c
+        if self.name == "relu":
+            torch.clamp_min(z, 0, out=value)
+            torch.gt(z, 0, out=deriv)
+        elif self.name == "tanh":
+            torch.tanh(z, out=value)
+            torch.mul(value, value, out=deriv)
+            deriv.neg_().add_(1)  # 1 - t*t
+        else:
+            # softplus_beta(z) = log1p(exp(beta z)) / beta, derivative sigmoid(beta z)
+            torch.ops.aten.softplus.out(z, self.beta, SOFTPLUS_THRESHOLD, out=value)
+            torch.mul(z, self.beta, out=deriv).sigmoid_()
+        if c != 1.0:
+            value.mul_(c)
+            deriv.mul_(c)
+        return value, deriv
 
 
 @dataclass(frozen=True)
@@ -201,35 +236,113 @@ class FlatFC:
 
     def forward(self, w: torch.Tensor, x: torch.Tensor, keep: bool = True):
         """f(x) (n,), and a cache of inputs / activation derivatives for :meth:`vjp`."""
-        layers = self.views(w)
-        inputs, derivs = [], []
-        a = x
-        for i, (W, B) in enumerate(layers):
-            if keep:
-                inputs.append(a)
-            z = torch.addmm(B, a, W.t(), alpha=self.scales[i]) if B is not None else (a @ W.t()).mul_(self.scales[i])
-            if i < self.spec.L:
-                a, da = self.act.value_and_derivative(z)
-                if keep:
-                    derivs.append(da)
-            else:
-                a = z
-        return a.reshape(-1), (layers, inputs, derivs)
+        return self._forward(w, x, keep, None)
 
     def vjp(self, cache, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Flat gradient of sum_i g_i f(x_i); written into ``out`` if given."""
+        return self._vjp(cache, g, out, None)
+
+    # Internals. ``work`` None: the plain computation above. ``work`` a dict: the trainer's
+    # fast path, scratch buffers kept in ``work`` and reused from one call to the next, so
+    # the cache is valid only until the next call with the same ``work`` (prepare: forward
+    # then vjp at once). In that path the constants are folded into the matrix products
+    # (``alpha`` of addmm) instead of extra passes over the (n, h) arrays: the cache holds
+    # a_l / m and phi'_l / c with m = c / beta (softplus) or c, and softplus is evaluated
+    # on u = beta z with beta 1 (the same function); results agree to rounding. The output
+    # f and the gradient are always fresh tensors.
+
+    @staticmethod
+    def _buffer(work, key, shape, like: torch.Tensor) -> torch.Tensor:
+        buf = work.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = work[key] = like.new_empty(shape)
+        return buf
+
+    def _folding(self):
+        """(pre, m, c): u = pre * z is what the activation kernels see; a = m * a~, phi' = c * phi'~."""
+        c = self.act.c
+        if self.act.name == "softplus":
+            return self.act.beta, c / self.act.beta, c
+        return 1.0, c, c
+
+    def _forward(self, w: torch.Tensor, x: torch.Tensor, keep: bool, work):
+        layers = self.views(w)
+        inputs, derivs = [], []
+        a = x
+        L = self.spec.L
+        if work is None:
+            for i, (W, B) in enumerate(layers):
+                if keep:
+                    inputs.append(a)
+                scale = self.scales[i]
+                z = torch.addmm(B, a, W.t(), alpha=scale) if B is not None else (a @ W.t()).mul_(scale)
+                if i == L:
+                    a = z
+                elif keep:
+                    a, da = self.act.value_and_derivative(z)
+                    derivs.append(da)
+                else:
+                    a = self.act(z)
+            return a.reshape(-1), (layers, inputs, derivs)
+        pre, m, _ = self._folding()
+        name = self.act.name
+        n = x.shape[0]
+        for i, (W, B) in enumerate(layers):
+            if keep:
+                inputs.append(a)
+            k = self.scales[i] * (m if i > 0 else 1.0)  # z = k W a~ + B
+            if i == L:
+                a = torch.addmm(B, a, W.t(), alpha=k) if B is not None else (a @ W.t()).mul_(k)
+                break
+            shape = (n, W.shape[0])
+            u = self._buffer(work, "u", shape, x)
+            bias = u if B is None else (B if pre == 1.0 else B * pre)
+            torch.addmm(bias, a, W.t(), beta=0.0 if B is None else 1.0, alpha=k * pre, out=u)  # u = pre z
+            value = self._buffer(work, ("a", i), shape, x)
+            if name == "softplus":  # log1p(exp(beta z)) = beta softplus_beta(z)
+                torch.ops.aten.softplus.out(u, 1.0, SOFTPLUS_THRESHOLD, out=value)
+            elif name == "relu":
+                torch.clamp_min(u, 0, out=value)
+            else:
+                torch.tanh(u, out=value)
+            if keep:
+                deriv = self._buffer(work, ("d", i), shape, x)
+                if name == "softplus":
+                    torch.sigmoid(u, out=deriv)
+                elif name == "relu":
+                    torch.gt(u, 0, out=deriv)
+                else:
+                    torch.mul(value, value, out=deriv).neg_().add_(1)
+                derivs.append(deriv)
+            a = value
+        return a.reshape(-1), (layers, inputs, derivs)
+
+    def _vjp(self, cache, g: torch.Tensor, out: torch.Tensor | None, work) -> torch.Tensor:
         layers, inputs, derivs = cache
         if out is None:
             out = inputs[0].new_empty(self.numel)
         grads = self.views(out)
         delta = g.reshape(-1, 1)  # d(sum g f)/dz at the output layer
+        if work is None:
+            for i in range(self.spec.L, -1, -1):
+                W, B = layers[i]
+                gW, gB = grads[i]
+                torch.mm(delta.t(), inputs[i], out=gW)
+                gW.mul_(self.scales[i])
+                if gB is not None:
+                    torch.sum(delta, dim=0, out=gB)
+                if i > 0:
+                    delta = (delta @ W).mul_(self.scales[i]).mul_(derivs[i - 1])
+            return out
+        _, m, c = self._folding()
         for i in range(self.spec.L, -1, -1):
             W, B = layers[i]
             gW, gB = grads[i]
-            torch.mm(delta.t(), inputs[i], out=gW)
-            gW.mul_(self.scales[i])
+            scale = self.scales[i]
+            torch.addmm(gW, delta.t(), inputs[i], beta=0.0, alpha=scale * (m if i > 0 else 1.0), out=gW)
             if gB is not None:
                 torch.sum(delta, dim=0, out=gB)
             if i > 0:
-                delta = (delta @ W).mul_(self.scales[i]).mul_(derivs[i - 1])
+                nxt = self._buffer(work, ("delta", i % 2), (delta.shape[0], W.shape[1]), g)
+                delta = torch.addmm(nxt, delta, W, beta=0.0, alpha=scale * c, out=nxt).mul_(derivs[i - 1])
         return out

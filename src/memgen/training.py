@@ -24,6 +24,7 @@ same parameters, continues from it to the same arrays an uninterrupted run gives
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,31 @@ from memgen.losses import Loss
 from memgen.progress import Progress
 
 NORMALIZATIONS = ("article", "code")
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived (SLURM preemption, time limit, scancel); exit status 143."""
+
+    def __init__(self, message: str):
+        super().__init__(143)
+        self.message = message
+
+
+# SIGTERM while :func:`run` integrates with a resume file: finish the step, save the
+# resume state, then raise Terminated; at any other time: raise Terminated at once.
+_TERM = {"deferred": False, "requested": False}
+
+
+def _on_sigterm(signum, frame):
+    if _TERM["deferred"]:
+        _TERM["requested"] = True
+    else:
+        raise Terminated("terminated by SIGTERM")
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM save a resume point before exiting (the CLI's steps call this)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @dataclass(frozen=True)
@@ -88,18 +114,24 @@ class NetworkProblem:
             self.f0 = model.forward(w0, x_train, keep=False)[0]
             self.f0_test = model.forward(w0, x_test, keep=False)[0]
         self.coef = cfg.norm * cfg.alpha / len(y_train)
+        # scratch buffers for the forward / backward pass of prepare (FlatFC internals)
+        self._work = {} if hasattr(model, "_forward") and hasattr(model, "_vjp") else None
+        self._y_coef = y_train * self.coef
 
     def initial_state(self):
         return (self.w0.clone(), torch.zeros_like(self.w0))
 
     def prepare(self, state) -> Prep:
         w = state[0]
-        out, cache = self.model.forward(w, self.x)
+        if self._work is None:
+            out, cache = self.model.forward(w, self.x)
+        else:  # the cache lives in self._work, consumed by the vjp below
+            out, cache = self.model._forward(w, self.x, True, self._work)
         F = (out - self.f0).mul_(self.cfg.alpha)
         z = F * self.y
-        g = self.cfg.loss.derivative(z).mul_(self.y).mul_(self.coef)
-        grad = self.model.vjp(cache, g)
-        finite = bool(torch.isfinite(F).all() and torch.isfinite(grad).all())
+        g = self.cfg.loss.derivative(z).mul_(self._y_coef)
+        grad = self.model.vjp(cache, g) if self._work is None else self.model._vjp(cache, g, None, self._work)
+        finite = bool(torch.isfinite(F).all()) and bool(torch.isfinite(grad).all())
         return Prep(F, grad, grad, z, finite)
 
     def make_step(self, state, prep: Prep, dt: float, tau: float):
@@ -223,7 +255,7 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
         if not new.finite:
             return False, False
         dgrad = relative_change(old.direction, new.direction)
-        dout = float((new.F - old.F).abs().max())
+        dout = float(torch.dist(new.F, old.F, math.inf))  # max |F_new - F_old|
         return (dgrad < limits[0] and dout < limits[1]), (dgrad < limits[0] / 2 and dout < limits[1] / 2)
 
     tau = cfg.tau
@@ -231,6 +263,7 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
     wall0 = time.perf_counter()
     last_save = wall0
     if not status["diverged"] and not _margin_reached(prep):
+        _TERM["deferred"] = resume_path is not None
         stepper = flow(state, problem.prepare, lambda s, p, h: problem.make_step(s, p, h, tau), compare,
                        t=t, dt=dt, step=step, data=prep)
         try:
@@ -253,16 +286,21 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
                         next_ckpt = next(schedule)
                 if status["stop_reason"]:
                     break
-                progress.update(step, f"t={t:.4g} dt={fs.dt:.2g} margin_min={float(prep.z.min()):.3f} "
-                                      f"train_err={float((prep.z <= 0).double().mean()):.3f}")
                 now = time.perf_counter()
-                if resume_path is not None and now - last_save >= resume_every_s:
+                if now - progress.last >= progress.every:  # build the line only when it is printed
+                    progress.update(step, f"t={t:.4g} dt={fs.dt:.2g} margin_min={float(prep.z.min()):.3f} "
+                                          f"train_err={float((prep.z <= 0).double().mean()):.3f}")
+                if resume_path is not None and (now - last_save >= resume_every_s or _TERM["requested"]):
                     _save_resume(resume_path, resume_params, state, t, fs.next_dt, step,
                                  history, F_train, F_test, status, next_ckpt)
                     last_save = now
+                    if _TERM["requested"]:
+                        raise Terminated(f"terminated by SIGTERM; saved {resume_path} at step {step}")
         except FlowDiverged:
             status.update(diverged=True, stop_reason="diverged")
             record(step, t, 0.0, state, prep)
+        finally:
+            _TERM["deferred"] = _TERM["requested"] = False
     else:
         status["stop_reason"] = status["stop_reason"] or "converged"
         if status["stop_reason"] == "converged":
@@ -282,7 +320,8 @@ def _save_resume(path, params, state, t, dt, step, history, F_train, F_test, sta
     arrays.update({f"history/{k}": np.asarray(v) for k, v in history.items()})
     arrays["history/F_train"] = np.stack(F_train)
     arrays["history/F_test"] = np.stack(F_test)
-    attrs = {"t": t, "dt": dt, "step": step, "next_checkpoint": next_ckpt,
+    # "flow_step", not "step": the root attribute "step" is h5io's provenance (= "resume")
+    attrs = {"t": t, "dt": dt, "flow_step": step, "next_checkpoint": next_ckpt,
              **{f"status_{k}": v for k, v in status.items()}}
     h5io.write(path, arrays, step="resume", params=params or {}, attrs=attrs)
 
@@ -307,6 +346,6 @@ def _load_resume(path, params, like_state):
               if k.startswith("status_")}
     for key in ("converged", "diverged"):
         status[key] = bool(status[key])
-    print(f"resuming from {path} at step {int(a['step'])}, t={float(a['t']):.6g}", flush=True)
-    return (state, float(a["t"]), float(a["dt"]), int(a["step"]), history,
+    print(f"resuming from {path} at step {int(a['flow_step'])}, t={float(a['t']):.6g}", flush=True)
+    return (state, float(a["t"]), float(a["dt"]), int(a["flow_step"]), history,
             list(data["history/F_train"]), list(data["history/F_test"]), status, int(a["next_checkpoint"]))
