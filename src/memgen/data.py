@@ -70,6 +70,7 @@ def sparse_parity(n_train: int, n_test: int, k: int, d: int, seed: int) -> Datas
 
 
 GENERATORS = {"sparse_parity": sparse_parity}
+# (digits and cifar2 are added at the end of the module)
 
 
 def make(params: dict[str, Any]) -> Dataset:
@@ -98,3 +99,114 @@ def load(path, expect_params: dict[str, Any] | None = None, binary: bool = True)
             raise h5io.H5Error(f"{path}: dataset '{key}' must hold labels in {{-1, +1}}")
     t = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in data.arrays.items()}
     return Dataset(t["x_train"], t["y_train"], t["x_test"], t["y_test"], data.params)
+
+
+# ---------------------------------------------------------------- real data: two classes
+
+
+def _two_class_split(x: np.ndarray, labels: np.ndarray, classes, n_train: int, n_test: int, seed: int,
+                     name: str, x_test=None, labels_test=None):
+    """Keep two classes (first -> -1, second -> +1); seeded draw of ``n_train`` training
+    points (and ``n_test`` test points, 0 = all) from the given pools."""
+    classes = [int(c) for c in classes]
+    if len(classes) != 2 or classes[0] == classes[1]:
+        raise MemgenError(f"{name}: classes must be two different labels, got {classes}")
+    rng = np.random.default_rng(seed)
+
+    def pick(xs, ls):
+        keep = np.isin(ls, classes)
+        return xs[keep].astype(np.float64), np.where(ls[keep] == classes[1], 1.0, -1.0)
+
+    xa, ya = pick(x, labels)
+    if x_test is None:  # one pool: split it
+        perm = rng.permutation(len(xa))
+        n_te = len(xa) - n_train if n_test == 0 else n_test
+        if n_train < 1 or n_te < 1 or n_train + n_te > len(xa):
+            raise MemgenError(f"{name}: n_train={n_train} + n_test={n_test} exceeds the {len(xa)} points "
+                              f"of classes {classes} (n_test=0 takes all the rest)")
+        tr, te = perm[:n_train], perm[n_train:n_train + n_te]
+        return xa[tr], ya[tr], xa[te], ya[te]
+    xb, yb = pick(x_test, labels_test)
+    if n_train < 1 or n_train > len(xa) or n_test > len(xb):
+        raise MemgenError(f"{name}: asked for {n_train} train / {n_test} test points; classes {classes} have "
+                          f"{len(xa)} / {len(xb)}")
+    tr = rng.choice(len(xa), n_train, replace=False)
+    te = np.arange(len(xb)) if n_test == 0 else np.sort(rng.choice(len(xb), n_test, replace=False))
+    return xa[tr], ya[tr], xb[te], yb[te]
+
+
+def digits(n_train: int, n_test: int = 0, classes=(3, 8), seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images, d = 64), two classes.
+
+    Labels: ``classes[0]`` -> -1, ``classes[1]`` -> +1. A seeded permutation of the two
+    classes' images gives ``n_train`` training points and ``n_test`` test points (0 =
+    all the rest). Inputs: pixels / 16, centred by the training mean, each image then
+    scaled to norm sqrt(d) (so x.x/d = 1, the analytic kernels' natural scale).
+    """
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    xtr, ytr, xte, yte = _two_class_split(raw.data / 16.0, raw.target, classes, n_train, n_test, seed, "digits")
+    mean = xtr.mean(axis=0)
+    xtr, xte = _unit_rows(xtr - mean), _unit_rows(xte - mean)
+    t = torch.from_numpy
+    return Dataset(t(xtr), t(ytr), t(xte), t(yte), {"name": "digits", "classes": list(classes)})
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x * np.sqrt(x.shape[1]) / np.where(norm > 0, norm, 1.0)
+
+
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
+           root: str = "data/cifar-10-batches-py") -> Dataset:
+    """CIFAR-10, two classes (seed 002: airplane vs automobile, 128 training points),
+    from the python-pickle batches under ``root`` (the extracted cifar-10-python.tar.gz:
+    data_batch_1 ... data_batch_5, test_batch); nothing is downloaded.
+
+    Inputs as seed 002's ``ToTensor`` + ``Normalize(0.5, 0.5)``: 2 * pixel / 255 - 1,
+    flattened to d = 3072 in CIFAR's channel-major order. Labels ``classes[0]`` -> -1,
+    ``classes[1]`` -> +1. ``n_train`` training points are a seeded draw from the five
+    training batches; the test set is the test batch's images of the two classes
+    (``n_test`` > 0: a seeded subset of that many).
+    """
+    import pickle
+    from pathlib import Path
+
+    base = Path(root)
+    missing = [f for f in CIFAR_FILES if not (base / f).is_file()]
+    if missing:
+        raise MemgenError(
+            f"cifar2: missing {', '.join(str(base / f) for f in missing)}; expected the CIFAR-10 python "
+            f"batches {', '.join(CIFAR_FILES)} under {base}/ (extract cifar-10-python.tar.gz from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html into data/; memgen does not download)")
+
+    def batch(name):
+        try:
+            with open(base / name, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3072)
+            return x, np.asarray(d[b"labels"])
+        except Exception as exc:  # noqa: BLE001 - any unreadable batch is the same user error
+            raise MemgenError(f"cifar2: {base / name} is not a CIFAR-10 python batch ({exc})") from None
+
+    parts = [batch(f) for f in CIFAR_FILES[:-1]]
+    x, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    xt, lt = batch("test_batch")
+    scale = lambda a: 2.0 * a / 255.0 - 1.0  # noqa: E731
+    xtr, ytr, xte, yte = _two_class_split(scale(x), labels, classes, n_train, n_test, seed, "cifar2",
+                                          scale(xt), lt)
+    t = torch.from_numpy
+    return Dataset(t(xtr), t(ytr), t(xte), t(yte), {"name": "cifar2", "classes": list(classes)})
+
+
+def cifar_available(root: str = "data/cifar-10-batches-py") -> bool:
+    from pathlib import Path
+
+    return all((Path(root) / f).is_file() for f in CIFAR_FILES)
+
+
+GENERATORS.update({"digits": digits, "cifar2": cifar2})

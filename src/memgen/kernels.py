@@ -1,91 +1,325 @@
-"""Empirical neural tangent kernels.
+"""Neural tangent kernels (empirical and infinite-width) and kernel predictors.
 
 Theta(x, x') = sum_p df(x)/dw_p df(x')/dw_p for a scalar-output network f.
 
-- :func:`empirical_ntk` takes any scalar-output ``nn.Module``; memgen's :class:`FC`
-  goes through the structured path :func:`fc_ntk`, anything else through per-example
-  Jacobians from ``torch.func`` in blocks (:func:`generic_ntk`).
-- :func:`fc_ntk` uses the layer structure: with a_l the input of layer l, s_l its
-  scale and delta_l = df/dz_l the back-propagated signal (one batched backward pass,
-  since example i's output depends only on row i),
-  Theta(x, x') = sum_l s_l^2 (a_l(x) . a_l(x')) (delta_l(x) . delta_l(x'))
-                 [+ sum_l delta_l(x) . delta_l(x') with biases],
-  matrix products only.
+Empirical NTK, two paths with one answer (tested against a per-example gradient loop):
+
+- **structured** (:func:`fc_ntk`, :func:`sequential_ntk`): for a chain of linear layers
+  z_{l+1} = s_l a_l W_l^T + b_l and elementwise activations a_{l+1} = phi(z_{l+1}) --
+  memgen's :class:`FC` (either last-layer scaling, with or without bias) and a plain
+  ``nn.Sequential`` of ``nn.Linear`` and elementwise activation modules (s_l = 1:
+  ``nn.Linear`` has no 1/sqrt(fan_in)). With a_l the input of layer l and
+  delta_l = df/dz_{l+1} its back-propagated signal (one batched backward pass; example
+  i's output depends on row i only),
+
+      Theta(x, x') = sum_l s_l^2 (a_l(x) . a_l(x')) (delta_l(x) . delta_l(x'))
+                     [+ sum_l delta_l(x) . delta_l(x')   with biases],
+
+  matrix products only, never per-example Jacobians; the Gram is built in row panels
+  under a memory budget and, for x2 = None and several panels, only the panels' upper
+  part is computed (then mirrored).
+- **generic** (:func:`generic_ntk`): any module, per-example Jacobians from
+  ``torch.func`` (vmap of jacrev), ``block`` examples at a time, the block size capped by
+  a memory budget.
+
+:func:`empirical_ntk` dispatches (FC / matching Sequential -> structured, else generic);
+:func:`ntk_gram_blocks` returns train/train, test/train and test/test from one forward
+pass per set. :func:`analytic_kernels` gives the infinite-width NNGP and NTK of the FC
+(relu, "ntk" last layer, no bias). Predictors: :func:`kernel_regression`,
+:func:`nngp_predictor` (seed 002: random hidden layers, last layer fitted by ridge),
+:func:`ntk_regression`.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 from torch import nn
 
+from memgen import MemgenError
 from memgen.models import FC, FlatFC
 
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries the Gram builders may use
 
-def _layer_features(model: FlatFC, w: torch.Tensor, x: torch.Tensor):
-    """Per layer: (s_l * a_l, delta_l) for every example in x."""
-    _, (layers, inputs, derivs) = model.forward(w, x)
-    delta = x.new_ones(x.shape[0], 1)
+# ---------------------------------------------------------------- structured path
+#
+# A chain is a list of layers (W (out, in), b (out,) or None, scale s) and, between
+# consecutive layers, an activation ``act(z) -> (phi(z), phi'(z))``; the last layer has
+# one output.
+
+
+def _fc_chain(model: FlatFC, w: torch.Tensor):
+    layers = [(W, B, s) for (W, B), s in zip(model.views(w), model.scales)]
+    act = model.act.value_and_derivative
+    return layers, [act] * (len(layers) - 1)
+
+
+def _relu(z):
+    return z.clamp_min(0), (z > 0).to(z.dtype)
+
+
+def _tanh(z):
+    t = torch.tanh(z)
+    return t, 1 - t * t
+
+
+def _autograd_act(module: nn.Module):
+    """(phi(z), phi'(z)) of an elementwise module by one backward pass of sum(phi(z))."""
+
+    def act(z):
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            a = module(zz)
+            (da,) = torch.autograd.grad(a.sum(), zz)
+        return a.detach(), da
+
+    return act
+
+
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Softplus, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
+               nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Softsign, nn.Tanhshrink, nn.Identity)
+
+
+def _compose(acts):
+    if not acts:
+        return lambda z: (z, torch.ones_like(z))
+
+    def act(z):
+        a, d = acts[0](z)
+        for f in acts[1:]:
+            a, d2 = f(a)
+            d = d * d2
+        return a, d
+
+    return act
+
+
+def sequential_chain(model: nn.Module):
+    """The chain of a plain ``nn.Sequential`` [Flatten] Linear (act* Linear)* with one
+    output, or None when ``model`` has another structure (then use the generic path)."""
+    if type(model) is not nn.Sequential:
+        return None
+    mods = list(model)
+    if mods and isinstance(mods[0], nn.Flatten) and mods[0].start_dim == 1 and mods[0].end_dim == -1:
+        mods = mods[1:]
+    layers, acts, pending = [], [], None
+    for m in mods:
+        if type(m) is nn.Linear:
+            if pending is not None:
+                acts.append(_compose(pending))
+            elif layers:
+                acts.append(_compose([]))
+            layers.append((m.weight.detach(), None if m.bias is None else m.bias.detach(), 1.0))
+            pending = None
+        elif isinstance(m, ELEMENTWISE) and type(m) in ELEMENTWISE and layers:
+            f = _relu if type(m) is nn.ReLU else _tanh if type(m) is nn.Tanh else _autograd_act(m)
+            pending = (pending or []) + [f]
+        else:
+            return None
+    if not layers or pending is not None or layers[-1][0].shape[0] != 1:
+        return None
+    return layers, acts
+
+
+def _chain_features(chain, x: torch.Tensor):
+    """Per layer (s_l a_l, delta_l, has_bias) for every example in x (n, ...)."""
+    layers, acts = chain
+    a = x.reshape(x.shape[0], -1).to(layers[0][0].dtype)
+    inputs, derivs = [], []
+    for i, (W, B, s) in enumerate(layers):
+        inputs.append(a)
+        if i == len(layers) - 1:
+            break
+        z = torch.addmm(B, a, W.t(), alpha=s) if B is not None else (a @ W.t()).mul_(s)
+        a, da = acts[i](z)
+        derivs.append(da)
     out = []
-    for i in range(model.spec.L, -1, -1):
-        out.append((inputs[i] * model.scales[i], delta))
+    delta = None  # None = ones (n, 1) at the output
+    for i in range(len(layers) - 1, -1, -1):
+        W, B, s = layers[i]
+        out.append((inputs[i] * s if s != 1.0 else inputs[i], delta, B is not None))
         if i > 0:
-            delta = (delta @ layers[i][0]) * model.scales[i] * derivs[i - 1]
+            if delta is None:  # ones (n, 1) @ W (1, h): every row is W
+                delta = derivs[i - 1] * W
+            else:
+                delta = (delta @ W).mul_(derivs[i - 1])
+            if s != 1.0:
+                delta.mul_(s)
     return out[::-1]
 
 
-def fc_ntk(model: FlatFC, w: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-    """NTK Gram matrix (n1, n2) of :class:`FlatFC` at parameters ``w`` (structured)."""
-    with torch.no_grad():
-        f1 = _layer_features(model, w, x1)
-        return _gram(model, f1, f1 if x2 is None else _layer_features(model, w, x2))
+def _layer_features(model: FlatFC, w: torch.Tensor, x: torch.Tensor):
+    """Per layer: (s_l * a_l, delta_l, has_bias) for every example in x."""
+    return _chain_features(_fc_chain(model, w), x)
 
 
-def _gram(model: FlatFC, fa, fb) -> torch.Tensor:
-    K = None
-    for (a1, d1), (a2, d2) in zip(fa, fb):
-        dd = d1 @ d2.t()
-        term = (a1 @ a2.t()).mul_(dd)
-        if model.spec.bias:
-            term += dd
-        K = term if K is None else K.add_(term)
+def _block_rows(n2: int, itemsize: int, memory_budget: int) -> int:
+    return max(1, int(memory_budget // (3 * max(n2, 1) * itemsize)))
+
+
+def _gram(model, fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = False) -> torch.Tensor:
+    """sum_l (A_l A'_l^T + b) o (D_l D'_l^T) (b = 1 with biases), in row panels of at
+    most ``memory_budget`` bytes of temporaries. ``symmetric`` (fa is fb): each panel
+    computes only the columns from its first row on and mirrors them (when the budget
+    forces several panels; one panel computes the full square, faster with BLAS than
+    small tiles).
+
+    ``model`` is unused (kept for callers of the old signature)."""
+    del model
+    a0 = fa[0][0]
+    n1, n2 = a0.shape[0], fb[0][0].shape[0]
+    K = a0.new_empty(n1, n2)
+    rows = _block_rows(n2, a0.element_size(), memory_budget)
+    for r0 in range(0, n1, rows):
+        r1 = min(n1, r0 + rows)
+        c0 = r0 if symmetric else 0
+        acc = None
+        for (a1, d1, bias), (a2, d2, _) in zip(fa, fb):
+            term = a1[r0:r1] @ a2[c0:].t()
+            if bias:
+                term.add_(1.0)
+            if d1 is not None:  # (the output layer has delta = 1: D D'^T = all ones)
+                term.mul_(d1[r0:r1] @ d2[c0:].t())
+            acc = term if acc is None else acc.add_(term)
+        K[r0:r1, c0:] = acc
+        if symmetric and r1 < n2:
+            K[r1:, r0:r1] = acc[:, r1 - c0:].t()
     return K
 
 
-def generic_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None,
-                block: int = 256) -> torch.Tensor:
-    """NTK Gram of any scalar-output module via per-example Jacobians (torch.func),
-    ``block`` examples at a time."""
+def fc_ntk(model: FlatFC, w: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None,
+           memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+    """NTK Gram matrix (n1, n2) of :class:`FlatFC` at parameters ``w`` (structured)."""
+    chain = _fc_chain(model, w)
+    return _chain_gram(chain, x1, x2, memory_budget)
+
+
+def _chain_gram(chain, x1, x2, memory_budget):
+    with torch.no_grad():
+        f1 = _chain_features(chain, x1)
+        if x2 is None:
+            return _gram(None, f1, f1, memory_budget, symmetric=True)
+        return _gram(None, f1, _chain_features(chain, x2), memory_budget)
+
+
+def sequential_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+    """NTK Gram of a plain ``nn.Sequential`` of Linear + elementwise activations
+    (structured path); raises MemgenError for other structures."""
+    chain = sequential_chain(model)
+    if chain is None:
+        raise MemgenError("sequential_ntk: model is not nn.Sequential([Flatten,] Linear, (activation, Linear)*) "
+                          "with one output; use generic_ntk")
+    return _chain_gram(chain, x1, x2, memory_budget)
+
+
+# ---------------------------------------------------------------- generic path
+
+
+def _jacobian_fn(model: nn.Module):
     from torch.func import functional_call, jacrev, vmap
 
     params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    numel = sum(p.numel() for p in params.values())
 
     def f_single(p, x):
-        return functional_call(model, p, (x.unsqueeze(0),)).reshape(())
+        return functional_call(model, (p, buffers), (x.unsqueeze(0),)).reshape(())
 
     jac = vmap(jacrev(f_single), in_dims=(None, 0))
 
     def jacobian(x):
-        return [torch.cat([g.reshape(g.shape[0], -1) for g in jac(params, x[i:i + block]).values()], dim=1)
-                for i in range(0, len(x), block)]
+        return torch.cat([g.reshape(g.shape[0], -1) for g in jac(params, x).values()], dim=1)
 
-    J1 = jacobian(x1)
-    J2 = J1 if x2 is None else jacobian(x2)
-    return torch.cat([torch.cat([a @ b.t() for b in J2], dim=1) for a in J1], dim=0)
+    return jacobian, numel, next(iter(params.values()))
 
 
-def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-    """n1 x n2 NTK Gram matrix of a scalar-output module (x2=None: x1 with itself)."""
+def generic_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                block: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+    """NTK Gram of any scalar-output module via per-example Jacobians (torch.func),
+    ``block`` examples at a time (fewer if a block's Jacobian would exceed a quarter of
+    ``memory_budget`` bytes). The Jacobians of x2 are kept when they fit in half the
+    budget, else recomputed per block of x1."""
+    return generic_ntk_blocks(model, [x1] if x2 is None else [x1, x2],
+                              [(0, 0)] if x2 is None else [(0, 1)], block, memory_budget)[0]
+
+
+def generic_ntk_blocks(model, xs, pairs, block=256, memory_budget=DEFAULT_MEMORY_BUDGET):
+    """Gram blocks J(xs[i]) J(xs[j])^T for each (i, j) in ``pairs``, Jacobians of each
+    set computed once when they fit in half of ``memory_budget``."""
+    jacobian, P, p0 = _jacobian_fn(model)
+    item = p0.element_size()
+    block = max(1, min(block, memory_budget // (4 * P * item)))
+    cache = {}
+
+    def blocks(i):
+        x = xs[i]
+        if i in cache:
+            return cache[i]
+        out = (jacobian(x[k:k + block]) for k in range(0, len(x), block))
+        if len(x) * P * item <= memory_budget // 2:
+            cache[i] = out = list(out)
+        return out
+
+    results = []
+    for i, j in pairs:
+        rows = []
+        for a in blocks(i):
+            rows.append(torch.cat([a @ b.t() for b in blocks(j)], dim=1))
+        results.append(torch.cat(rows, dim=0))
+    return results
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def _structured(model: nn.Module):
     if isinstance(model, FC):
-        return fc_ntk(model.flat(), model.flat_parameters(), x1, x2)
-    return generic_ntk(model, x1, x2)
+        return _fc_chain(model.flat(), model.flat_parameters())
+    return sequential_chain(model)
+
+
+def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None, *,
+                  path: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+    """n1 x n2 NTK Gram matrix of a scalar-output module (x2=None: x1 with itself).
+
+    ``path``: "auto" (structured for FC and plain Linear/activation Sequentials, generic
+    otherwise), "structured" or "generic"."""
+    chain = _structured(model) if path in ("auto", "structured") else None
+    if chain is not None:
+        return _chain_gram(chain, x1, x2, memory_budget)
+    if path == "structured":
+        raise MemgenError("empirical_ntk: no structured path for this model (FC or Sequential of Linear + "
+                          "elementwise activations); use path='generic'")
+    if path not in ("auto", "generic"):
+        raise MemgenError(f"empirical_ntk: unknown path '{path}'; allowed: auto, structured, generic")
+    return generic_ntk(model, x1, x2, memory_budget=memory_budget)
+
+
+def ntk_gram_blocks(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor, *,
+                    path: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """(K_train_train, K_test_train, K_test_test) of any module, one forward pass (or one
+    Jacobian computation) per set."""
+    chain = _structured(model) if path in ("auto", "structured") else None
+    if chain is None:
+        if path == "structured":
+            raise MemgenError("ntk_gram_blocks: no structured path for this model")
+        return tuple(generic_ntk_blocks(model, [x_train, x_test], [(0, 0), (1, 0), (1, 1)],
+                                        memory_budget=memory_budget))
+    with torch.no_grad():
+        ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
+        return (_gram(None, ftr, ftr, memory_budget, True), _gram(None, fte, ftr, memory_budget),
+                _gram(None, fte, fte, memory_budget, True))
 
 
 def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: torch.Tensor):
     """(K_train_train, K_test_train, K_test_test), sharing one forward pass per set."""
     with torch.no_grad():
-        ftr = _layer_features(model, w, x_train)
-        fte = _layer_features(model, w, x_test)
-        return _gram(model, ftr, ftr), _gram(model, fte, ftr), _gram(model, fte, fte)
+        chain = _fc_chain(model, w)
+        ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
+        return _gram(None, ftr, ftr, symmetric=True), _gram(None, fte, ftr), _gram(None, fte, fte, symmetric=True)
 
 
 def relative_change(K0: torch.Tensor, K1: torch.Tensor) -> float:
@@ -96,3 +330,135 @@ def relative_change(K0: torch.Tensor, K1: torch.Tensor) -> float:
 def shape_change(K0: torch.Tensor, K1: torch.Tensor) -> float:
     """|| K1/||K1|| - K0/||K0|| ||_F, in [0, 2]: how much the kernel turned."""
     return float((K1 / K1.norm() - K0 / K0.norm()).norm())
+
+
+# ---------------------------------------------------------------- vector-Jacobian products
+
+
+def model_vjp(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """g (n,) -> J^T g (P,), the flat gradient of sum_i g_i f(x_i) in the order of
+    ``model.parameters()``; one forward pass, J never formed. FC uses its hand-written
+    backward, other modules ``torch.func.vjp``."""
+    if isinstance(model, FC):
+        flat = model.flat()
+        w = model.flat_parameters()
+        with torch.no_grad():
+            _, cache = flat.forward(w, x.to(w.dtype))
+        return lambda g: flat.vjp(cache, g.to(w.dtype))
+    from torch.func import functional_call, vjp
+
+    names = [k for k, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def f(*ps):
+        return functional_call(model, (dict(zip(names, ps)), buffers), (x,)).reshape(-1)
+
+    _, pullback = vjp(f, *params)
+    return lambda g: torch.cat([t.reshape(-1) for t in pullback(g.to(params[0].dtype))])
+
+
+# ---------------------------------------------------------------- infinite width
+
+ANALYTIC_ACTIVATIONS = ("relu", "relu_normalized")
+
+
+def analytic_kernels(x1: torch.Tensor, x2: torch.Tensor | None = None, depth: int = 1,
+                     activation: str = "relu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(NNGP, NTK) of the infinite-width ``FC(d, h, L=depth, activation="relu",
+    normalize=False, last_layer="ntk", bias=False)`` as h -> infinity.
+
+    Conventions (memgen's FC): N(0, 1) weights, z_1 = W_0 x / sqrt(d), hidden layers
+    divided by sqrt(h), output f = W_L a_L / sqrt(h), no biases. With
+    Sigma_1 = Theta_1 = x.x'/d and, for l = 1..depth, the arc-cosine maps of
+    (u, v) ~ N(0, [[Sigma_l(x,x), Sigma_l(x,x')], [., Sigma_l(x',x')]]):
+
+        Sigma_{l+1} = c^2 E[relu(u) relu(v)] = c^2 sqrt(Sxx Sx'x') (sin t + (pi - t) cos t) / (2 pi)
+        Sdot_{l+1}  = c^2 E[relu'(u) relu'(v)] = c^2 (pi - t) / (2 pi),  cos t = Sigma_l(x,x') / sqrt(Sxx Sx'x')
+        Theta_{l+1} = Sigma_{l+1} + Sdot_{l+1} Theta_l
+
+    NNGP = Sigma_{depth+1}, NTK = Theta_{depth+1} (so the NTK includes the x.x'/d of the
+    first layer). ``activation="relu"`` is plain max(0, z) (c = 1: the variance halves
+    at every layer); ``"relu_normalized"`` is sqrt(2) relu (c^2 = 2), memgen's relu
+    with ``normalize=True``. Computed in x1's dtype; shapes (n1, n2).
+    """
+    if activation not in ANALYTIC_ACTIVATIONS:
+        raise MemgenError(f"analytic_kernels: activation '{activation}' not supported; "
+                          f"allowed: {', '.join(ANALYTIC_ACTIVATIONS)}")
+    if depth < 1:
+        raise MemgenError(f"analytic_kernels: depth must be >= 1, got {depth}")
+    c2 = 1.0 if activation == "relu" else 2.0
+    x1 = x1.reshape(x1.shape[0], -1)
+    x2 = x1 if x2 is None else x2.reshape(x2.shape[0], -1).to(x1.dtype)
+    d = x1.shape[1]
+    s12 = x1 @ x2.t() / d
+    s11 = (x1 * x1).sum(1) / d
+    s22 = (x2 * x2).sum(1) / d
+    theta = s12.clone()
+    for _ in range(depth):
+        norms = torch.sqrt(torch.outer(s11, s22))
+        cos = torch.where(norms > 0, s12 / norms.clamp_min(torch.finfo(s12.dtype).tiny), torch.zeros_like(s12))
+        t = torch.arccos(cos.clamp(-1.0, 1.0))
+        s12 = c2 * norms * (torch.sin(t) + (math.pi - t) * torch.cos(t)) / (2 * math.pi)
+        sdot = c2 * (math.pi - t) / (2 * math.pi)
+        theta = s12 + sdot * theta
+        s11, s22 = c2 * s11 / 2, c2 * s22 / 2  # E[relu(u)^2] = Var(u) / 2
+    return s12, theta
+
+
+# ---------------------------------------------------------------- predictors
+
+
+def kernel_regression(k_train_train: torch.Tensor, k_test_train: torch.Tensor, y_train: torch.Tensor,
+                      ridge: float = 0.0) -> torch.Tensor:
+    """K(test, train) (K(train, train) + ridge I)^{-1} y: kernel (ridge) regression
+    predictions on the test points (y may be (n,) or (n, k)). Cholesky when the
+    regularised Gram is positive definite, least squares (minimum norm) otherwise."""
+    K = k_train_train + ridge * torch.eye(len(k_train_train), dtype=k_train_train.dtype,
+                                          device=k_train_train.device)
+    y = y_train.to(K.dtype)
+    col = y.reshape(len(y), -1)
+    L, info = torch.linalg.cholesky_ex(K)
+    if int(info) == 0:
+        alpha = torch.cholesky_solve(col, L)
+    else:
+        alpha = torch.linalg.lstsq(K.cpu(), col.cpu(), driver="gelsd").solution.to(K.device)
+    return (k_test_train.to(K.dtype) @ alpha).reshape((len(k_test_train),) + y.shape[1:])
+
+
+def last_hidden_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Input of the last linear layer (n, h), times its scale for FC."""
+    if isinstance(model, FC):
+        feats = _layer_features(model.flat(), model.flat_parameters(), x.to(model.flat_parameters().dtype))
+        return feats[-1][0]
+    chain = sequential_chain(model)
+    if chain is None:
+        raise MemgenError("last_hidden_features: needs FC or a plain Sequential of Linear + activations")
+    with torch.no_grad():
+        return _chain_features(chain, x)[-1][0]
+
+
+def nngp_predictor(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                   ridge: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seed 002's NNGP predictor: the random hidden layers are kept and the last layer
+    is fitted by ridge regression on the last hidden features G (n, h):
+    w = (G^T G + ridge I)^{-1} G^T y (no bias). Returns (train, test) predictions."""
+    with torch.no_grad():
+        G = last_hidden_features(model, x_train)
+        Gt = last_hidden_features(model, x_test)
+        A = G.t() @ G + ridge * torch.eye(G.shape[1], dtype=G.dtype, device=G.device)
+        w = torch.linalg.solve(A, G.t() @ y_train.to(G.dtype))
+        return G @ w, Gt @ w
+
+
+def ntk_regression(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                   ridge: float = 1e-4, centered: bool = False) -> torch.Tensor:
+    """Kernel regression with the empirical NTK at the model's parameters (seed 002,
+    ridge 1e-4). ``centered``: predict f0(test) + K (K + ridge)^-1 (y - f0(train)), the
+    infinite-time linearized network, instead of the seed's plain K (K + ridge)^-1 y."""
+    Ktt, Kst = empirical_ntk(model, x_train), empirical_ntk(model, x_test, x_train)
+    if not centered:
+        return kernel_regression(Ktt, Kst, y_train, ridge)
+    with torch.no_grad():
+        f0tr, f0te = model(x_train).reshape(-1), model(x_test).reshape(-1)
+    return f0te + kernel_regression(Ktt, Kst, y_train.to(f0tr.dtype) - f0tr, ridge)

@@ -1,0 +1,269 @@
+"""Speed and memory of memgen's empirical NTK (issue 3, "Performance").
+
+    bash benchmarks/setup_bench_env.sh            # once: separate venv with nngeometry
+    /tmp/memgen-bench-venv/bin/python benchmarks/ntk.py [--threads 2 --n 1024 --repeats 3]
+
+(``.venv/bin/python benchmarks/ntk.py`` also works; the nngeometry row is then skipped.)
+Everything is measured in one process with ``torch.set_num_threads(--threads)``, on
+FC d=30, h=1024, L=3 (relu, "ntk" last layer, no bias), n=1024 points, float32:
+
+- ``memgen fast``: :func:`memgen.kernels.empirical_ntk` on memgen's ``FC`` (structured
+  path), and on the equivalent ``nn.Sequential`` of ``nn.Linear`` + ``nn.ReLU`` (weights
+  W * s_l, the same function; structured path too);
+- ``seed loop``: a faithful re-implementation of seed 000's ``compute_kernels``: the
+  parameters sorted by size and grouped under 2e9 // (8 (n_tr + n_te)) entries; for each
+  group one autograd backward per example fills J, then K += J J^T (train/train only:
+  n_te = 0);
+- ``nngeometry``: ``nngeometry.GramMatrix`` on the ``nn.Sequential`` (one batch of n,
+  and batches of 256), from the separate benchmark venv only;
+- the machine's float32 matmul rate (``torch.mm`` of 4096 x 4096), and the fast path's
+  rate on its structured FLOP count (the matrix products it executes: forward, backward
+  signals, and the per-layer Grams);
+- peak RSS (VmHWM) of a fresh process that builds the 8192 x 8192 float64 train Gram of the same
+  FC (h=1024, L=3), and of one that only imports torch + memgen;
+- the generic path (torch.func, :func:`memgen.kernels.generic_ntk`) against a
+  per-example gradient loop on a small CNN.
+
+Times are the best of ``--repeats`` runs (the loop runs once: it takes about a
+minute); on a shared machine the minimum is the least load-dependent estimate. Results: stdout table and benchmarks/results/ntk.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from time import perf_counter
+
+import torch
+from torch import nn
+
+from memgen.kernels import empirical_ntk, generic_ntk, sequential_ntk
+from memgen.models import FC
+
+
+def timed(fn, repeats=1):
+    out, times = None, []
+    for _ in range(repeats):
+        t0 = perf_counter()
+        out = fn()
+        times.append(perf_counter() - t0)
+    return out, min(times)
+
+
+def matmul_rate(size=4096, repeats=5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    _, t = timed(lambda: torch.mm(a, b), repeats)
+    return 2 * size**3 / t
+
+
+def structured_flops(n: int, d: int, h: int, L: int) -> float:
+    """Matrix-product FLOPs of the structured path for the n x n Gram (full square)."""
+    fwd = 2 * n * (d * h + (L - 1) * h * h + h)
+    bwd = 2 * n * (L - 1) * h * h  # delta_{l-1} = (delta_l W_l) * phi' (the last layer is a broadcast)
+    dims = d + L * h + L * h  # activation Gram dims (d, h, ..., h) + signal Gram dims (h, ..., h)
+    return fwd + bwd + 2 * n * n * dims
+
+
+# ---------------------------------------------------------------- seed 000 baseline
+
+
+def gradient(output, params):
+    """seed 000's hessian.gradient: flat concatenated d output / d params."""
+    grads = torch.autograd.grad(output, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+
+def compute_kernels(f, xtr, xte):
+    """seed 000's compute_kernels (per-example gradients, parameter groups by memory)."""
+    ktrtr = xtr.new_zeros(len(xtr), len(xtr))
+    ktetr = xtr.new_zeros(len(xte), len(xtr))
+    ktete = xtr.new_zeros(len(xte), len(xte))
+    params, current = [], []
+    for p in sorted(f.parameters(), key=lambda p: p.numel(), reverse=True):
+        current.append(p)
+        if sum(p.numel() for p in current) > 2e9 // (8 * (len(xtr) + len(xte))):
+            if len(current) > 1:
+                params.append(current[:-1])
+                current = current[-1:]
+            else:
+                params.append(current)
+                current = []
+    if len(current) > 0:
+        params.append(current)
+    for p in params:
+        jtr = xtr.new_empty(len(xtr), sum(u.numel() for u in p))
+        jte = xte.new_empty(len(xte), sum(u.numel() for u in p))
+        for j, x in enumerate(xtr):
+            jtr[j] = gradient(f(x[None]), p)
+        for j, x in enumerate(xte):
+            jte[j] = gradient(f(x[None]), p)
+        ktrtr.add_(jtr @ jtr.t())
+        ktetr.add_(jte @ jtr.t())
+        ktete.add_(jte @ jte.t())
+        del jtr, jte
+    return ktrtr, ktetr, ktete
+
+
+def as_sequential(model: FC) -> nn.Sequential:
+    """nn.Sequential with the same function as a bias-free relu FC (weights W * s_l)."""
+    mods = []
+    for i, s in enumerate(model.spec.scales()):
+        W = getattr(model, f"W{i}").detach()
+        lin = nn.Linear(W.shape[1], W.shape[0], bias=False).to(W.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(W * s)
+        mods += [lin, nn.ReLU()]
+    return nn.Sequential(*mods[:-1])
+
+
+def nngeometry_gram(model, x, batch):
+    from nngeometry import GramMatrix
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x))), batch_size=batch)
+    G = GramMatrix(model, loader)
+    return G.data.reshape(len(x), len(x))
+
+
+# ---------------------------------------------------------------- memory (fresh process)
+
+RSS_SNIPPET = """
+import sys, time, torch
+from memgen.kernels import empirical_ntk
+from memgen.models import FC
+torch.set_num_threads({threads})
+n = {n}
+if n:
+    model = FC({d}, {h}, {L}, activation="relu", normalize=False, last_layer="ntk", seed=0, dtype=torch.float64)
+    x = torch.randn(n, {d}, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    K = empirical_ntk(model, x)
+    t = time.perf_counter() - t0
+    assert K.shape == (n, n) and K.dtype == torch.float64 and bool(torch.isfinite(K).all())
+else:
+    t = 0.0
+# VmHWM (peak RSS of this process image; unlike ru_maxrss it is not inherited from the parent)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(int(hwm) / 2**20, t)
+"""
+
+
+def peak_rss(n, d, h, L, threads):
+    code = textwrap.dedent(RSS_SNIPPET.format(n=n, d=d, h=h, L=L, threads=threads))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    gib, t = out.stdout.split()
+    return float(gib), float(t)
+
+
+# ---------------------------------------------------------------- small CNN
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 12 * 12, 1))
+
+
+def loop_ntk(model, x):
+    params = list(model.parameters())
+    J = torch.stack([gradient(model(xi[None]).sum(), params) for xi in x])
+    return J @ J.t()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--d", type=int, default=30)
+    p.add_argument("--h", type=int, default=1024)
+    p.add_argument("--L", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rss-n", type=int, default=8192)
+    p.add_argument("--cnn-n", type=int, default=256)
+    p.add_argument("--skip-loop", action="store_true", help="skip the ~1 minute seed loop")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ntk.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n, d, h, L = args.n, args.d, args.h, args.L
+    res = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "threads": args.threads, "n": n, "d": d, "h": h, "L": L, "dtype": "float32"}
+
+    model = FC(d, h, L, activation="relu", normalize=False, last_layer="ntk", seed=0, dtype=torch.float32)
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
+    seqm = as_sequential(model)
+
+    res["matmul_gflops"] = matmul_rate() / 1e9
+    K_fast, res["fast_fc_s"] = timed(lambda: empirical_ntk(model, x), args.repeats)
+    K_seq, res["fast_seq_s"] = timed(lambda: sequential_ntk(seqm, x), args.repeats)
+    flops = structured_flops(n, d, h, L)
+    res["structured_gflop"] = flops / 1e9
+    res["fast_gflops"] = flops / res["fast_fc_s"] / 1e9
+    res["fast_fraction_of_matmul"] = res["fast_gflops"] / res["matmul_gflops"]
+
+    try:
+        import nngeometry  # noqa: F401
+
+        for batch in (n, 256):
+            G, t = timed(lambda: nngeometry_gram(seqm, x, batch), args.repeats)
+            res[f"nngeometry_b{batch}_s"] = t
+            res[f"nngeometry_b{batch}_relerr"] = float((G - K_seq).norm() / K_seq.norm())
+        res["nngeometry_s"] = min(res[f"nngeometry_b{b}_s"] for b in (n, 256))
+        res["speedup_vs_nngeometry"] = res["nngeometry_s"] / res["fast_seq_s"]
+    except ImportError:
+        res["nngeometry_s"] = None
+        print("nngeometry not importable: run benchmarks/setup_bench_env.sh and use its python", file=sys.stderr)
+
+    if not args.skip_loop:
+        (K_loop, _, _), res["seed_loop_s"] = timed(lambda: compute_kernels(model, x, x[:0]))
+        res["loop_relerr"] = float((K_loop - K_fast).norm() / K_loop.norm())
+        res["speedup_vs_loop"] = res["seed_loop_s"] / res["fast_fc_s"]
+        del K_loop
+
+    cnn = small_cnn()
+    xc = torch.randn(args.cnn_n, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    Kg, res["cnn_generic_s"] = timed(lambda: generic_ntk(cnn, xc), args.repeats)
+    Kl, res["cnn_loop_s"] = timed(lambda: loop_ntk(cnn, xc), 1)
+    res["cnn_relerr"] = float((Kg - Kl).norm() / Kl.norm())
+    res["cnn_speedup"] = res["cnn_loop_s"] / res["cnn_generic_s"]
+
+    res["rss_base_gib"], _ = peak_rss(0, d, h, L, args.threads)
+    res["rss_gram_gib"], res["rss_gram_s"] = peak_rss(args.rss_n, d, h, L, args.threads)
+    res["rss_n"] = args.rss_n
+
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    rows = [
+        ("float32 matmul rate (torch.mm 4096^2)", f(res["matmul_gflops"], ".1f") + " GFLOP/s", ""),
+        ("memgen fast path, FC", f(res["fast_fc_s"], ".3f") + " s",
+         f"{res['fast_gflops']:.1f} GFLOP/s on {res['structured_gflop']:.1f} GFLOP = "
+         f"{100 * res['fast_fraction_of_matmul']:.0f}% of matmul (need >= 50%)"),
+        ("memgen fast path, nn.Sequential", f(res["fast_seq_s"], ".3f") + " s", ""),
+        ("seed-000 compute_kernels loop", f(res.get("seed_loop_s"), ".1f") + " s",
+         f"fast path {f(res.get('speedup_vs_loop'), '.0f')}x faster (need >= 200x), "
+         f"rel. diff {f(res.get('loop_relerr'), '.1e')}"),
+        ("nngeometry GramMatrix (best batch)", f(res["nngeometry_s"], ".3f") + " s",
+         f"fast path {f(res.get('speedup_vs_nngeometry'), '.1f')}x faster (need >= 2x), rel. diff "
+         f"{f(res.get(f'nngeometry_b{n}_relerr'), '.1e')}"),
+        (f"generic path, small CNN (n={args.cnn_n})", f(res["cnn_generic_s"], ".3f") + " s",
+         f"per-example loop {res['cnn_loop_s']:.3f} s: {res['cnn_speedup']:.1f}x (need >= 1x), "
+         f"rel. diff {res['cnn_relerr']:.1e}"),
+        (f"peak RSS, {args.rss_n}^2 float64 Gram", f"{res['rss_gram_gib']:.2f} GiB",
+         f"built in {res['rss_gram_s']:.1f} s; python+torch+memgen alone {res['rss_base_gib']:.2f} GiB "
+         "(need <= 4 GB)"),
+    ]
+    print(f"FC d={d} h={h} L={L}, n={n}, float32, {args.threads} threads, torch {torch.__version__}")
+    print("| measurement | value | note |\n| --- | --- | --- |")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

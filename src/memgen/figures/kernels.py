@@ -1,0 +1,113 @@
+"""Figures of the kernels family (issue 3; seeds 001, 002), from the summary CSVs:
+
+- ``accuracy_vs_n``: test accuracy vs number of training points for empirical-NTK
+  regression, the NNGP (random features, last layer fitted), the infinite-width NTK /
+  NNGP kernels and the GD-trained network; one panel per data set (digits, CIFAR-2);
+- ``ntk_convergence``: ||Theta_h - Theta_inf||_F / ||Theta_inf||_F vs h, log-log, with
+  the fitted slope (expected about -1/2) and the NNGP's for reference;
+- ``linearized_training``: train/test loss vs t of GD and of the linearized network,
+  per width, and ||w_lin(t) - w(t)|| / ||w(t) - w0|| vs t.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from memgen import MemgenError
+from memgen.experiments.kernels import FIGURES, slope
+from memgen.figures import style
+
+NEEDS = {
+    "accuracy_vs_n": {"accuracy": ["dataset", "n_train", "seed", "method", "accuracy"]},
+    "ntk_convergence": {"convergence": ["h", "seed", "ntk_rel_err", "nngp_rel_err"]},
+    "linearized_training": {"linearized": ["h", "t", "loss_train", "loss_test", "lin_loss_train",
+                                           "lin_loss_test", "w_ratio"]},
+}
+assert set(NEEDS) == set(FIGURES)
+
+LABELS = {"ntk": "NTK regression (empirical)", "nngp": "NNGP (random features)",
+          "ntk_inf": r"NTK, $h\to\infty$", "nngp_inf": r"NNGP, $h\to\infty$", "trained": "trained network (GD)"}
+DATASETS = {"digits": "digits", "cifar2": "CIFAR-2"}
+
+
+def draw(name: str, inputs: dict[str, Path], outputs: list[Path], options: dict) -> None:
+    if name not in NEEDS:
+        raise MemgenError(f"figure: unknown kernels figure '{name}'; known: {', '.join(FIGURES)}")
+    data = {}
+    for key, cols in NEEDS[name].items():
+        if key not in inputs or not Path(inputs[key]).is_file():
+            raise MemgenError(f"figure {name}: missing input {key} ({inputs.get(key)})")
+        df = pd.read_csv(inputs[key])
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise MemgenError(f"figure {name}: {inputs[key]} lacks column(s) {', '.join(missing)}")
+        data[key] = df
+    with style.paper_style():
+        fig = globals()[f"_{name}"](**data, options=options)
+        style.save(fig, outputs)
+
+
+def _accuracy_vs_n(accuracy: pd.DataFrame, options: dict):
+    sets = [d for d in DATASETS if d in set(accuracy["dataset"])]
+    fig, axes = style.figure(ncols=max(1, len(sets)))
+    axes = np.atleast_1d(axes)
+    for ax, ds in zip(axes, sets):
+        sel = accuracy[accuracy["dataset"] == ds]
+        for i, (method, label) in enumerate(LABELS.items()):
+            rows = sel[sel["method"] == method].dropna(subset=["accuracy"])
+            if rows.empty:
+                continue
+            s = rows.groupby("n_train")["accuracy"].agg(["mean", "min", "max"]).reset_index()
+            st = style.width_style(i)
+            ax.errorbar(s["n_train"], s["mean"], yerr=np.vstack([s["mean"] - s["min"], s["max"] - s["mean"]]),
+                        marker=st["marker"], color=st["color"], lw=0.8, elinewidth=0.6, label=label,
+                        ls="--" if method.endswith("_inf") else "-")
+        ax.set(xscale="log", xlabel=r"training points $n$", ylabel="test accuracy", title=DATASETS[ds])
+        ax.legend(loc="lower right")
+    return fig
+
+
+def _ntk_convergence(convergence: pd.DataFrame, options: dict):
+    fig, ax = style.figure()
+    for i, (col, label) in enumerate((("ntk_rel_err", "NTK"), ("nngp_rel_err", "NNGP"))):
+        s = convergence.groupby("h")[col].agg(["mean", "min", "max"]).reset_index()
+        k = slope(convergence["h"], convergence[col])
+        st = style.width_style(i)
+        ax.errorbar(s["h"], s["mean"], yerr=np.vstack([s["mean"] - s["min"], s["max"] - s["mean"]]), ls="",
+                    marker=st["marker"], color=st["color"], elinewidth=0.6, label=f"{label}: slope {k:.2f}")
+        h = np.geomspace(s["h"].min(), s["h"].max(), 20)
+        c = np.exp(np.mean(np.log(s["mean"]) - k * np.log(s["h"])))
+        ax.plot(h, c * h ** k, color=st["color"], lw=0.8)
+    h = np.geomspace(convergence["h"].min(), convergence["h"].max(), 20)
+    ref = convergence.groupby("h")["ntk_rel_err"].mean()
+    ax.plot(h, ref.iloc[0] * (h / ref.index[0]) ** -0.5, ls=":", color="0.4", lw=0.8, label=r"$\propto h^{-1/2}$")
+    ax.set(xscale="log", yscale="log", xlabel=r"width $h$",
+           ylabel=r"$\|K_h-K_\infty\|_F/\|K_\infty\|_F$")
+    ax.legend()
+    return fig
+
+
+def _linearized_training(linearized: pd.DataFrame, options: dict):
+    fig, (left, right) = style.figure(ncols=2)
+    for i, (h, rows) in enumerate(linearized.groupby("h")):
+        st = style.width_style(i)
+        r = rows[rows["t"] > 0]
+        left.plot(r["t"], r["loss_train"], color=st["color"], label=f"$h={h}$ GD train")
+        left.plot(r["t"], r["loss_test"], color=st["color"], ls="-.", lw=0.8)
+        left.plot(r["t"], r["lin_loss_train"], color=st["color"], ls="", marker=st["marker"], ms=2.5, mfc="white")
+        left.plot(r["t"], r["lin_loss_test"], color=st["color"], ls="", marker="x", ms=2.5)
+        # after one step w_lin = w exactly (ratio ~ 1e-15, rounding): start at t = 2 lr
+        ok = r[np.isfinite(r["w_ratio"]) & (r["w_ratio"] > 0) & (r["t"] >= 2 * r["t"][r["t"] > 0].min())]
+        right.plot(ok["t"], ok["w_ratio"], color=st["color"], marker=st["marker"], ms=2.5, label=f"$h={h}$")
+    left.plot([], [], color="0.3", ls="-.", label="GD test")
+    left.plot([], [], color="0.3", ls="", marker="o", mfc="white", label="linearized train")
+    left.plot([], [], color="0.3", ls="", marker="x", label="linearized test")
+    left.set(xscale="log", yscale="log", xlabel=r"$t$ (lr $\times$ steps)", ylabel=r"loss $\frac{1}{2n}\sum(f-y)^2$")
+    left.legend(fontsize=5.5)
+    right.set(xscale="log", yscale="log", xlabel=r"$t$ (lr $\times$ steps)",
+              ylabel=r"$\|w_\mathrm{lin}(t)-w(t)\|/\|w(t)-w_0\|$")
+    right.legend()
+    return fig

@@ -1,0 +1,317 @@
+"""Kernels family (issue 3): both NTK paths against a per-example gradient loop,
+symmetry / PSD, convergence to the infinite-width kernel, predictors, linearized
+dynamics against an ODE solve and (I - eta K)^t, linearized weights against explicit J,
+and the two-class data loaders."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+from torch import nn
+
+from memgen import MemgenError, data
+from memgen.dynamics import linearized_predictions, linearized_weights
+from memgen.kernels import (
+    analytic_kernels,
+    empirical_ntk,
+    generic_ntk,
+    kernel_regression,
+    model_vjp,
+    nngp_predictor,
+    ntk_gram_blocks,
+    sequential_chain,
+    sequential_ntk,
+)
+from memgen.models import FC
+
+DT = torch.float64
+
+
+def jacobian_loop(model, x):
+    """Rows df(x_i)/dw from one autograd backward pass per example."""
+    params = list(model.parameters())
+    rows = []
+    for xi in x:
+        grads = torch.autograd.grad(model(xi.unsqueeze(0)).sum(), params)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
+
+
+def loop_ntk(model, x1, x2):
+    return jacobian_loop(model, x1) @ jacobian_loop(model, x2).t()
+
+
+def close(a, b, rtol=1e-10):
+    assert a.shape == b.shape
+    err = float((a - b).abs().max())
+    assert err <= rtol * float(b.abs().max()), err / float(b.abs().max())
+
+
+def psd_and_symmetric(K):
+    torch.testing.assert_close(K, K.t(), rtol=0, atol=1e-12 * float(K.abs().max()))
+    eig = torch.linalg.eigvalsh(K)
+    assert eig.min() >= -1e-10 * eig.max()
+
+
+def seq(*mods):
+    torch.manual_seed(3)
+    return nn.Sequential(*mods).double()
+
+
+SEQUENTIALS = {
+    "relu": lambda: seq(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 1)),
+    "tanh_nobias": lambda: seq(nn.Linear(5, 7, bias=False), nn.Tanh(), nn.Linear(7, 1, bias=False)),
+    "softplus_gelu": lambda: seq(nn.Linear(5, 8), nn.Softplus(beta=2.0), nn.Linear(8, 4), nn.GELU(),
+                                 nn.Sigmoid(), nn.Linear(4, 1)),
+    "flatten_linear": lambda: seq(nn.Flatten(), nn.Linear(5, 1)),
+    "no_activation": lambda: seq(nn.Linear(5, 3), nn.Linear(3, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENTIALS))
+def test_structured_sequential_matches_loop(name):
+    model = SEQUENTIALS[name]()
+    assert sequential_chain(model) is not None  # the structured path is taken
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(9, 5, generator=g, dtype=DT), torch.randn(4, 5, generator=g, dtype=DT)
+    K11 = empirical_ntk(model, x1)
+    close(K11, loop_ntk(model, x1, x1))
+    close(sequential_ntk(model, x2, x1), loop_ntk(model, x2, x1))
+    close(generic_ntk(model, x2, x1), loop_ntk(model, x2, x1))
+    psd_and_symmetric(K11)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("last_layer", ["mean_field", "ntk"])
+def test_structured_fc_matches_loop_and_small_budget(bias, last_layer):
+    model = FC(4, 6, 3, activation="tanh", bias=bias, last_layer=last_layer, seed=1)
+    g = torch.Generator().manual_seed(1)
+    model.load_flat(torch.randn(model.flat().numel, generator=g, dtype=DT))
+    x1, x2 = torch.randn(11, 4, generator=g, dtype=DT), torch.randn(5, 4, generator=g, dtype=DT)
+    ref11, ref21 = loop_ntk(model, x1, x1), loop_ntk(model, x2, x1)
+    close(empirical_ntk(model, x1), ref11)
+    # a tiny memory budget forces row blocks of 1-2 rows (and the mirrored triangle)
+    close(empirical_ntk(model, x1, memory_budget=500), ref11)
+    close(empirical_ntk(model, x2, x1, memory_budget=500), ref21)
+    Ktt, Kst, Kss = ntk_gram_blocks(model, x1, x2)
+    close(Ktt, ref11), close(Kst, ref21), close(Kss, loop_ntk(model, x2, x2))
+    psd_and_symmetric(Ktt)
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 2), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(2 * 3 * 3, 1)).double()
+
+
+def test_generic_cnn_matches_loop_blocks_and_budget():
+    model = small_cnn()
+    assert sequential_chain(model) is None
+    g = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randn(7, 2, 6, 6, generator=g, dtype=DT), torch.randn(3, 2, 6, 6, generator=g, dtype=DT)
+    ref11, ref21 = loop_ntk(model, x1, x1), loop_ntk(model, x2, x1)
+    close(empirical_ntk(model, x1), ref11)
+    close(generic_ntk(model, x2, x1, block=2), ref21)
+    P = sum(p.numel() for p in model.parameters())
+    close(generic_ntk(model, x1, memory_budget=4 * 8 * P), ref11)  # one example per block, no cache
+    Ktt, Kst, Kss = ntk_gram_blocks(model, x1, x2)
+    close(Ktt, ref11), close(Kst, ref21), close(Kss, loop_ntk(model, x2, x2))
+    psd_and_symmetric(Ktt)
+    with pytest.raises(MemgenError, match="structured"):
+        empirical_ntk(model, x1, path="structured")
+
+
+def test_model_vjp_matches_autograd():
+    g = torch.Generator().manual_seed(4)
+    for model, x in ((FC(3, 5, 2, activation="relu", bias=True, seed=0), torch.randn(6, 3, generator=g, dtype=DT)),
+                     (small_cnn(), torch.randn(4, 2, 6, 6, generator=g, dtype=DT))):
+        v = torch.randn(len(x), generator=g, dtype=DT)
+        J = jacobian_loop(model, x)
+        close(model_vjp(model, x)(v), J.t() @ v)
+
+
+# ---------------------------------------------------------------- infinite width
+
+
+def test_analytic_kernel_diagonal_and_first_layer():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 7, generator=g, dtype=DT)
+    x = x / x.norm(dim=1, keepdim=True) * 7 ** 0.5  # x.x/d = 1
+    for L in (1, 2, 3):  # Sigma_{l}(x,x) = 2^{1-l}, Theta_l(x,x) = l / 2^{l-1}
+        nngp, ntk = analytic_kernels(x, None, L)
+        torch.testing.assert_close(torch.diag(nngp), torch.full((6,), 2.0 ** -L, dtype=DT))
+        torch.testing.assert_close(torch.diag(ntk), torch.full((6,), (L + 1) / 2.0 ** L, dtype=DT))
+        psd_and_symmetric(ntk)
+    nn_, nt_ = analytic_kernels(x, None, 2, activation="relu_normalized")
+    torch.testing.assert_close(torch.diag(nn_), torch.ones(6, dtype=DT))
+    torch.testing.assert_close(torch.diag(nt_), torch.full((6,), 3.0, dtype=DT))
+    # depth 1, NNGP = E_w[relu(w.x/sqrt d) relu(w.x'/sqrt d)]: Monte Carlo with many w
+    w = torch.randn(400_000, 7, generator=g, dtype=DT)
+    a = torch.relu(x[:3] @ w.t() / 7 ** 0.5)
+    mc = a @ a.t() / w.shape[0]
+    torch.testing.assert_close(analytic_kernels(x[:3], None, 1)[0], mc, rtol=0, atol=1e-2)
+
+
+def test_empirical_ntk_converges_to_analytic_with_width():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(10, 5, generator=g, dtype=DT)
+    _, ntk_inf = analytic_kernels(x, None, 2)
+    widths = [32, 128, 512, 2048]
+    errs = []
+    for h in widths:
+        e = []
+        for seed in range(3):
+            model = FC(5, h, 2, activation="relu", normalize=False, last_layer="ntk", bias=False, seed=seed)
+            e.append(float((empirical_ntk(model, x) - ntk_inf).norm() / ntk_inf.norm()))
+        errs.append(np.mean(e))
+    slope = np.polyfit(np.log(widths), np.log(errs), 1)[0]
+    assert -0.7 < slope < -0.35, (slope, errs)
+    assert errs[-1] < 0.1
+
+
+# ---------------------------------------------------------------- predictors
+
+
+def test_kernel_regression_and_nngp_predictor():
+    from sklearn.linear_model import Ridge
+
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(12, 12, generator=g, dtype=DT)
+    K = A @ A.t() + 0.1 * torch.eye(12, dtype=DT)
+    y = torch.randn(12, generator=g, dtype=DT)
+    close(kernel_regression(K, K, y), y, rtol=1e-8)  # interpolates without ridge
+    Ks = torch.randn(3, 12, generator=g, dtype=DT)
+    close(kernel_regression(K, Ks, y, ridge=0.5), Ks @ torch.linalg.solve(K + 0.5 * torch.eye(12, dtype=DT), y))
+    K0 = A[:, :4] @ A[:, :4].t()  # rank 4: the least-squares fallback
+    assert torch.isfinite(kernel_regression(K0, Ks, y)).all()
+
+    model = SEQUENTIALS["relu"]()
+    x, xt = torch.randn(20, 5, generator=g, dtype=DT), torch.randn(6, 5, generator=g, dtype=DT)
+    yy = torch.sign(torch.randn(20, generator=g, dtype=DT))
+    ptr, pte = nngp_predictor(model, x, yy, xt, ridge=0.1)
+    feats = lambda z: torch.relu(model[2](torch.relu(model[0](z)))).detach().numpy()  # noqa: E731
+    ref = Ridge(alpha=0.1, fit_intercept=False, solver="cholesky").fit(feats(x), yy.numpy())
+    np.testing.assert_allclose(pte.numpy(), ref.predict(feats(xt)), rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------- linearized dynamics
+
+
+def _problem(n=8, m=5, rank=None, seed=8):
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((n + m, rank or 30))
+    Kall = J @ J.T / J.shape[1] * 4
+    K, Kst = Kall[:n, :n], Kall[n:, :n]
+    return K, Kst, rng.standard_normal(n), rng.standard_normal(m), np.sign(rng.standard_normal(n))
+
+
+@pytest.mark.parametrize("rank", [None, 3])  # full rank, and K with zero eigenvalues
+def test_linearized_flow_matches_ode(rank):
+    K, Kst, f0, f0t, y = _problem(rank=rank)
+    n, lr = len(y), 0.7
+    t = np.array([0.0, 0.3, 2.0, 10.0, 50.0])
+    Ftr, Fte = linearized_predictions(torch.tensor(K), torch.tensor(Kst), f0, f0t, y, t, lr=lr)
+    assert Ftr.shape == (5, n) and Fte.shape == (5, len(f0t))
+
+    def rhs(_, z):  # d f/dt = -(lr/n) K (f - y) on train, -(lr/n) Kst (f - y) on test
+        r = z[:n] - y
+        return np.concatenate([-(lr / n) * K @ r, -(lr / n) * Kst @ r])
+
+    sol = solve_ivp(rhs, (0, t[-1]), np.concatenate([f0, f0t]), t_eval=t, rtol=1e-11, atol=1e-12, method="DOP853")
+    np.testing.assert_allclose(Ftr.numpy(), sol.y[:n].T, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(Fte.numpy(), sol.y[n:].T, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("rank", [None, 3])
+def test_linearized_gd_matches_matrix_power(rank):
+    K, Kst, f0, f0t, y = _problem(rank=rank)
+    n, lr = len(y), 1.3
+    steps = np.array([0, 1, 2, 7, 40])
+    Ftr, Fte = linearized_predictions(torch.tensor(K), torch.tensor(Kst), f0, f0t, y, steps, lr=lr,
+                                      continuous=False)
+    M = np.eye(n) - lr * K / n
+    f, ft = f0.copy(), f0t.copy()
+    for k in range(steps[-1] + 1):  # GD on the linear model: f <- f - (lr/n) K (f - y)
+        if k in steps:
+            i = list(steps).index(k)
+            np.testing.assert_allclose(Ftr[i].numpy(), f, rtol=1e-9, atol=1e-10)
+            np.testing.assert_allclose(Fte[i].numpy(), ft, rtol=1e-9, atol=1e-10)
+            np.testing.assert_allclose(Ftr[i].numpy() - y, np.linalg.matrix_power(M, k) @ (f0 - y),
+                                       rtol=1e-9, atol=1e-10)
+        r = f - y
+        f, ft = f - lr / n * K @ r, ft - lr / n * Kst @ r
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_linearized_weights_match_explicit_jacobian(continuous):
+    model = FC(3, 6, 2, activation="tanh", bias=True, last_layer="ntk", seed=2)
+    g = torch.Generator().manual_seed(9)
+    x, xt = torch.randn(5, 3, generator=g, dtype=DT), torch.randn(4, 3, generator=g, dtype=DT)
+    y = torch.sign(torch.randn(5, generator=g, dtype=DT))
+    J, Jt = jacobian_loop(model, x), jacobian_loop(model, xt)
+    K = J @ J.t()
+    w0 = model.flat_parameters()
+    with torch.no_grad():
+        f0, f0t = model(x), model(xt)
+    lr, t = 0.5, torch.tensor([0.0, 1.0, 5.0, 30.0], dtype=DT)
+    W = linearized_weights(w0, model_vjp(model, x), K, f0, y, t, lr=lr, continuous=continuous)
+    eta = lr / len(y)
+    lam, V = torch.linalg.eigh(K)
+    for i, ti in enumerate(t):  # seed 001 with explicit J and the matrix function
+        E = V @ torch.diag(torch.exp(-eta * lam * ti) if continuous else (1 - eta * lam) ** ti) @ V.t()
+        w = w0 - J.t() @ torch.linalg.solve(K, (torch.eye(5, dtype=DT) - E) @ (f0 - y))
+        close(W[i], w, rtol=1e-9)
+    # the linearized outputs J (w(t) - w0) + f0 are linearized_predictions'
+    Ftr, Fte = linearized_predictions(K, Jt @ J.t(), f0, f0t, y, t, lr=lr, continuous=continuous)
+    close(f0 + (W - w0) @ J.t(), Ftr, rtol=1e-9)
+    close(f0t + (W - w0) @ Jt.t(), Fte, rtol=1e-9)
+    if not continuous:  # and GD in weight space on the linear model
+        w = w0.clone()
+        for _ in range(30):
+            w = w - eta * J.t() @ (f0 + J @ (w - w0) - y)
+        close(W[-1], w, rtol=1e-9)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_digits_two_classes():
+    ds = data.digits(n_train=50, n_test=0, classes=(3, 8), seed=1)
+    assert ds.x_train.shape == (50, 64) and len(ds.x_test) > 250
+    assert set(ds.y_train.tolist()) <= {-1.0, 1.0} and set(ds.y_test.tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close((ds.x_train ** 2).sum(1), torch.full((50,), 64.0, dtype=DT))
+    again = data.make({"name": "digits", "n_train": 50, "n_test": 0, "classes": [3, 8], "seed": 1})
+    assert torch.equal(again.x_test, ds.x_test)
+    with pytest.raises(MemgenError, match="exceeds"):
+        data.digits(n_train=400, n_test=0)
+
+
+def _fake_cifar(root, n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in data.CIFAR_FILES:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 3, n))}
+        with open(root / name, "wb") as fh:
+            pickle.dump(batch, fh)
+
+
+def test_cifar2_from_local_batches(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    with pytest.raises(MemgenError, match="data_batch_1.*test_batch"):
+        data.cifar2(root=str(root))
+    _fake_cifar(root)
+    ds = data.cifar2(n_train=12, n_test=0, classes=(0, 1), seed=0, root=str(root))
+    with open(root / "test_batch", "rb") as fh:
+        tb = pickle.load(fh)
+    labels = np.asarray(tb[b"labels"])
+    keep = np.isin(labels, (0, 1))
+    assert ds.x_train.shape == (12, 3072) and len(ds.x_test) == keep.sum()
+    np.testing.assert_allclose(ds.x_test.numpy(), 2 * tb[b"data"][keep].astype(np.float64) / 255.0 - 1)
+    np.testing.assert_array_equal(ds.y_test.numpy(), np.where(labels[keep] == 1, 1.0, -1.0))
+    assert float(ds.x_train.abs().max()) <= 1.0
+    (root / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(MemgenError, match="not a CIFAR-10 python batch"):
+        data.cifar2(root=str(root))
