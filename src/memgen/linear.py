@@ -251,3 +251,73 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
     # 1/(2n)||Xw - y||^2 = (w^T A w - 2 b^T w + y^T y / n) / 2
     loss = 0.5 * (((ws @ A) * ws).sum(-1) - 2 * ws @ b + yy)
     return TwoLayerRun(risk=risk, loss=loss, w=ws, W=W, v=v, W0=_t(W0), v0=_t(v0))
+
+
+# ---------------------------------------------------------------------------------------
+# diagnostics: per-group weight errors, the Jacobian of the two-layer network
+# ---------------------------------------------------------------------------------------
+
+
+def group_weight_error(w, theta, sizes: Sequence[int]) -> torch.Tensor:
+    """The seed's "MSE weights" per group: the mean over each group of features of
+    ``((w_i - theta_i) / theta_i)^2`` (relative squared error of the end-to-end weights).
+
+    ``w``: (..., d); ``sizes = (d1, d2, ...)`` splits the features in order (for
+    :func:`two_group_scales`: the large-eigenvalue group first). Returns (..., len(sizes)).
+    ``theta_i`` must be nonzero.
+    """
+    w, theta = _t(w), _t(theta)
+    if sum(int(k) for k in sizes) != w.shape[-1]:
+        raise MemgenError(f"group_weight_error: sizes {tuple(sizes)} do not split d={w.shape[-1]}")
+    if bool((theta == 0).any()):
+        raise MemgenError("group_weight_error: theta has zero entries (relative error undefined)")
+    rel = ((w - theta) / theta) ** 2
+    return torch.stack([part.mean(-1) for part in torch.split(rel, [int(k) for k in sizes], dim=-1)], dim=-1)
+
+
+def two_layer_jacobian(X, W, v) -> torch.Tensor:
+    """Jacobian of the outputs ``f(x_k) = v^T W x_k`` on the rows of X with respect to the
+    parameters, shape (n, p*d + p): first ``df/dW_jl = v_j x_kl`` (W flattened row-major),
+    then ``df/dv_j = (W x_k)_j``. (The seed's ``get_jacobian_two_layer`` keeps the W block
+    only: it skips parameters with fewer than 2 dimensions, but torch's second layer
+    weight is (1, p), so both blocks are in; same columns up to order.)
+    """
+    X, W, v = _t(X), _t(W), _t(v)
+    n = X.shape[0]
+    JW = (v[None, :, None] * X[:, None, :]).reshape(n, -1)
+    return torch.cat([JW, X @ W.T], dim=1)
+
+
+def jacobian_spectrum(X, W, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values of :func:`two_layer_jacobian` (descending, min(n, p*d + p) of
+    them) and, per right singular vector, the share of its squared norm on the W block
+    (the seed's ``v1^2 / (v1^2 + v2^2)``; 1 - share lies on v).
+
+    ``J J^T = ||v||^2 X X^T + X W^T W X^T``: the first term is the second layer's, the
+    second the first layer's contribution to the network's tangent kernel.
+    """
+    J = two_layer_jacobian(X, W, v)
+    _, sv, Vh = torch.linalg.svd(J, full_matrices=False)
+    pd = _t(W).numel()
+    share = (Vh[:, :pd] ** 2).sum(-1) / (Vh**2).sum(-1)
+    return sv, share
+
+
+def two_group_teacher(d_fast: int, d_slow: int, kappa: float, theta_fast: float, theta_slow: float,
+                      s_fast: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature scales and teacher of the two-group problem: ``(s, theta)`` with
+    ``s = two_group_scales(d_fast + d_slow, kappa, sizes=(d_fast, d_slow))`` and theta
+    equal to ``theta_fast`` on the large-eigenvalue group, ``theta_slow`` on the small."""
+    s = two_group_scales(d_fast + d_slow, kappa, sizes=(d_fast, d_slow), s_fast=s_fast)
+    theta = torch.cat([torch.full((d_fast,), float(theta_fast), dtype=DTYPE),
+                       torch.full((d_slow,), float(theta_slow), dtype=DTYPE)])
+    return s, theta
+
+
+def logged_steps(steps: int, count: int) -> np.ndarray:
+    """Step 0 and about ``count`` log-spaced steps in [1, steps] (integers, unique, sorted,
+    the last one ``steps``): where runs record their state."""
+    if steps < 1:
+        return np.zeros(1, dtype=np.int64)
+    k = np.unique(np.r_[0, np.rint(np.geomspace(1, steps, max(int(count), 2))).astype(np.int64), steps])
+    return k

@@ -286,3 +286,63 @@ def early_stopped_modelwise_risk(ratios, snr: float = 1.0, noise_std: float = 1.
         times.append(fine[jj])
     risks, times = np.array(risks), np.array(times)
     return (risks, times) if return_times else risks
+
+
+# ---------------------------------------------------------------------------------------
+# per-feature weight errors of linear GD; the linearised (lazy) two-layer network
+# ---------------------------------------------------------------------------------------
+
+
+def linear_gd_weight_error(steps, s, theta, noise_std: float, n: int, lr, w0=None) -> np.ndarray:
+    """Expected squared error of each weight after k GD steps, shape (len(steps), d):
+
+    ``E (w_i(k) - theta_i)^2 = (1 - lr_i s_i^2)^(2k) (theta_i - w0_i)^2
+    + sigma^2 / (n s_i^2) (1 - (1 - lr_i s_i^2)^k)^2``
+
+    (same model, conventions and exactness as :func:`linear_gd_risk`, whose excess risk
+    is ``sum_i s_i^2`` times this). Dividing by ``theta_i^2`` gives the seed's relative
+    "MSE weights" per feature.
+    """
+    k = _steps(steps)[:, None]
+    s2 = _np(s) ** 2
+    theta = _np(theta)
+    d = s2.shape[0]
+    w0 = np.zeros(d) if w0 is None else np.broadcast_to(_np(w0), (d,))
+    lr = np.broadcast_to(_np(lr), (d,))
+    ak = np.power(1.0 - lr * s2, k)
+    return ak**2 * (theta - w0) ** 2 + (noise_std**2 / (n * s2)) * (1.0 - ak) ** 2
+
+
+def lazy_two_layer(steps, A, b, W0, v0, lr=1.0) -> np.ndarray:
+    """End-to-end weights of the two-layer linear network ``f(x) = v^T W x`` linearised
+    around its initialisation (the lazy / frozen-tangent-kernel limit), shape
+    (len(steps), d).
+
+    One GD step of :func:`memgen.linear.train_two_layer` moves ``w = W^T v`` by
+    ``M g + O(lr^2)`` with ``g = b - A w`` and the preconditioner
+    ``M = lr_v W^T W + lr_W ||v||^2 I``; freezing M at its initial value gives the
+    linear recursion ``w_{k+1} = w_k + M0 (b - A w_k)``, solved in closed form: with
+    ``S = M0^{1/2}``, ``u = S^{-1} w`` obeys ``u_{k+1} = u_k + S b - (S A S) u_k``,
+    diagonal in the eigenbasis of ``S A S`` (eigenvalues l_j):
+    ``c_j(k) = (1 - l_j)^k c_j(0) + beta_j (1 - (1 - l_j)^k) / l_j`` (``k beta_j`` for
+    ``l_j = 0``). Accurate when the layers barely move relative to their size (large
+    init); for small init the network follows :func:`two_layer_ode` instead.
+    """
+    A, b, W0, v0 = _np(A), _np(b), _np(W0), _np(v0)
+    lr_W, lr_v = (float(lr), float(lr)) if np.ndim(lr) == 0 else (float(lr[0]), float(lr[1]))
+    d = b.shape[0]
+    M0 = lr_v * W0.T @ W0 + lr_W * float(v0 @ v0) * np.eye(d)
+    m, Q = np.linalg.eigh(M0)
+    if m.min() <= 0:
+        raise MemgenError("lazy_two_layer: the preconditioner at init is singular (v0 = 0 and rank W0 < d)")
+    S = (Q * np.sqrt(m)) @ Q.T
+    Sinv = (Q / np.sqrt(m)) @ Q.T
+    l, U = np.linalg.eigh(S @ A @ S)
+    beta = U.T @ (S @ b)
+    c0 = U.T @ (Sinv @ (W0.T @ v0))
+    k = _steps(steps)[:, None]
+    ak = np.power(1.0 - l, k)
+    safe = np.where(np.abs(l) > 1e-14, l, 1.0)
+    drive = np.where(np.abs(l) > 1e-14, (1.0 - ak) / safe, k)
+    c = ak * c0 + drive * beta
+    return (c @ U.T) @ S
