@@ -249,12 +249,17 @@ def make_batch_hvps(model: nn.Module, loss_fn, batches: Iterable, cache_graph: b
     return out
 
 
-def per_example_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def per_example_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                          vectorized: bool = True) -> torch.Tensor:
     """Gradients of l(z_i, w) = loss_fn(model(x_i[None]), y_i[None]), shape (n, P).
 
     Vectorized with torch.func (vmap of grad over functional_call); a model that
     torch.func cannot vmap (e.g. batch norm in training mode) falls back to a loop.
+    ``vectorized=False`` uses the loop directly (torch.func's first call imports
+    torch._dynamo, seconds per process: the loop is faster for small n).
     """
+    if not vectorized:
+        return torch.stack([module_gradient(model, loss_fn, [(x[i:i + 1], y[i:i + 1])]) for i in range(x.shape[0])])
     params = module_params(model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     try:
@@ -365,7 +370,7 @@ def exact_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, max_dim: i
 
 
 def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 1e-10,
-             max_iter: int | None = None):
+             max_iter: int | None = None, callback: Callable[[int, torch.Tensor], None] | None = None):
     """Conjugate gradient for A x = v, A = H + damping I symmetric positive definite.
 
     x_0 = 0, r_0 = p_0 = v; alpha_k = r_k.r_k / p_k.A p_k; x += alpha p; r -= alpha A p;
@@ -374,6 +379,9 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
     min(max(10 P, 100), 10000)) iterations, one HVP each; a final HVP gives the true
     relative residual ||v - A x|| / ||v||. A direction with p.A p <= 0 raises
     :class:`NotPositiveDefinite` (increase ``damping``); not converging warns.
+
+    ``callback(k, x_k)``, if given, is called after every iteration k >= 1 (x_k must
+    not be modified; e.g. to record the error of every iterate against a reference).
 
     Returns:
       (x, info) with info: iterations, residual (recursive), true_residual, hvps,
@@ -407,6 +415,8 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
         rho = new_rho
         k += 1
         hist.append(float(rho.sqrt()) / vnorm)
+        if callback is not None:
+            callback(k, x)
     true_res = float((v - A(x)).norm()) / vnorm
     converged = hist[-1] <= tol
     if not converged:
@@ -532,6 +542,141 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
     return est.mean(0), info
 
 
+def lissa_unguarded_path(hvp_fn: HVPFn, v: torch.Tensor, scale: float, damping: float = 0.0,
+                         depth: int = 100, bound: float = 10.0) -> torch.Tensor:
+    """The deterministic LiSSA iterates x_j = h_j / s, j = 1..depth, WITHOUT the guards
+    of :func:`lissa_solve` (h_0 = v, h_j = v + h_{j-1} - (H + damping I) h_{j-1} / s),
+    stopped at the first step with a non-finite x_j or max |x_j| > ``bound``.
+
+    Only for drawing how a divergent scale (s <= (lambda_max + damping) / 2) leaves:
+    returns the iterates up to and including the first one past ``bound``, shape
+    (steps, P); use :func:`lissa_solve` for answers.
+    """
+    h = v.clone()
+    out = []
+    for _ in range(int(depth)):
+        Ah = hvp_fn(h)
+        if damping:
+            Ah = Ah + damping * h
+        h = v + h - Ah / scale
+        x = h / scale
+        out.append(x.clone())
+        if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > bound:
+            break
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- training to the optimum
+
+
+def regularized_loss(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
+    """R(w) = loss_fn(model(x), y) + (l2/2) ||w||^2 (all trainable parameters): the
+    objective :func:`influence_on_test_loss` assumes."""
+    out = _batch_loss(model, loss_fn, x, y)
+    if l2:
+        out = out + 0.5 * l2 * sum((p * p).sum() for p in module_params(model))
+    return out
+
+
+def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0,
+        method: str = "lbfgs", tol: float = 1e-10, max_iter: int = 5000) -> dict:
+    """Minimize R(w) = mean loss + (l2/2)||w||^2 full batch, in place, from the model's
+    current parameters, until ||grad R|| <= tol or ``max_iter`` iterations.
+
+    ``"newton"``: Newton-CG (steps solve H p = grad R by :func:`cg_solve` to relative
+    residual 1e-12, backtracking on R; for convex R, quadratic convergence).
+    ``"lbfgs"``: scipy's L-BFGS-B (history 20) on float64 copies of w, restarted when it
+    stops at the rounding level before the tolerance.
+    Returns {"grad_norm", "iterations", "loss"}.
+    """
+    params = module_params(model)
+
+    def objective():
+        return regularized_loss(model, loss_fn, x, y, l2)
+
+    def grad_norm():
+        g = torch.autograd.grad(objective(), params)
+        return float(torch.cat([t.reshape(-1) for t in g]).norm())
+
+    it = 0
+    if method == "newton":
+        batches = [(x, y)]
+        while it < max_iter:
+            g = module_gradient(model, loss_fn, batches)
+            w = flat_params(model)
+            if l2:
+                g = g + l2 * w
+            if float(g.norm()) <= tol:
+                break
+            hvp_fn = _damped(make_module_hvp(model, loss_fn, batches, cache_graph=True), l2)
+            p, _ = cg_solve(hvp_fn, g, tol=1e-12, max_iter=10 * g.numel())
+            with torch.no_grad():
+                f0 = float(objective())
+            t, decrease = 1.0, float(_dot(g, p))
+            while True:
+                set_flat_params(model, w - t * p)
+                if decrease <= 1e-12 * max(abs(f0), 1e-300):  # below the resolution of R: full step
+                    break
+                with torch.no_grad():
+                    f1 = float(objective())
+                if f1 <= f0 - 1e-4 * t * decrease or t < 1e-10:
+                    break
+                t /= 2
+            it += 1
+    elif method == "lbfgs":  # scipy's L-BFGS-B (torch.optim would import torch._dynamo: seconds per process)
+        from scipy.optimize import minimize
+
+        w0 = flat_params(model)
+
+        def fun(wn):
+            set_flat_params(model, torch.from_numpy(wn).to(w0))
+            out = objective()
+            g = torch.autograd.grad(out, params)
+            return float(out.detach()), torch.cat([t.reshape(-1) for t in g]).detach().cpu().double().numpy()
+
+        wn = w0.detach().cpu().double().numpy()
+        for _ in range(5):  # L-BFGS-B may stop early on a line search at rounding level: restart
+            res = minimize(fun, wn, jac=True, method="L-BFGS-B",
+                           options={"maxiter": max_iter - it, "maxfun": 2 * max_iter, "gtol": tol / math.sqrt(len(wn)),
+                                    "ftol": 0.0, "maxcor": 20})
+            wn, it = res.x, it + int(res.nit)
+            set_flat_params(model, torch.from_numpy(wn).to(w0))
+            if grad_norm() <= tol or it >= max_iter or res.nit == 0:
+                break
+    else:
+        raise MemgenError(f"fit: unknown method {method!r} (newton, lbfgs)")
+    with torch.no_grad():
+        loss = float(objective())
+    return {"grad_norm": grad_norm(), "iterations": int(it), "loss": loss}
+
+
+def leave_one_out(model: nn.Module, loss_fn, train_x: torch.Tensor, train_y: torch.Tensor,
+                  test_x: torch.Tensor, test_y: torch.Tensor, indices: Sequence[int], l2: float = 0.0,
+                  **fit_options) -> tuple[torch.Tensor, list[dict]]:
+    """Actual L_test(w_{-i}) - L_test(w) for each i in ``indices``: retrain (:func:`fit`,
+    warm-started from the model's parameters w, assumed optimal for all n points) on the
+    n - 1 other points with the same mean-loss + (l2/2)||w||^2 objective.
+
+    The model's parameters are restored afterwards. Returns (changes (k,), fit infos).
+    """
+    w = flat_params(model)
+    with torch.no_grad():
+        base = float(_batch_loss(model, loss_fn, test_x, test_y))
+    keep = torch.ones(train_x.shape[0], dtype=torch.bool)
+    out, infos = [], []
+    try:
+        for i in indices:
+            keep[:] = True
+            keep[int(i)] = False
+            set_flat_params(model, w)
+            infos.append(fit(model, loss_fn, train_x[keep], train_y[keep], l2=l2, **fit_options))
+            with torch.no_grad():
+                out.append(float(_batch_loss(model, loss_fn, test_x, test_y)) - base)
+    finally:
+        set_flat_params(model, w)
+    return torch.tensor(out, dtype=torch.float64), infos
+
+
 # --------------------------------------------------------------------------- influence
 
 
@@ -558,7 +703,7 @@ class Influence:
 def influence_on_test_loss(model: nn.Module, loss_fn, train_x: torch.Tensor, train_y: torch.Tensor,
                            test_x: torch.Tensor, test_y: torch.Tensor, damping: float = 0.0,
                            method: str = "cg", l2: float = 0.0, batch_size: int | None = None,
-                           cache_graph: bool = False, **options) -> Influence:
+                           cache_graph: bool = False, vectorized: bool = True, **options) -> Influence:
     """Koh & Liang influence functions on the test loss, for every training point.
 
     Setting: w minimizes R(w) = (1/n) sum_i L(z_i, w), per-point loss
@@ -592,6 +737,7 @@ def influence_on_test_loss(model: nn.Module, loss_fn, train_x: torch.Tensor, tra
       l2: coefficient of the (l2/2)||w||^2 regularizer of the training objective.
       batch_size: accumulate the Hessian over training mini-batches of this size.
       cache_graph: keep the gradient graphs between HVPs (:func:`make_module_hvp`).
+      vectorized: per-example gradients by torch.func (:func:`per_example_gradients`).
 
     Returns:
       :class:`Influence`.
@@ -603,7 +749,7 @@ def influence_on_test_loss(model: nn.Module, loss_fn, train_x: torch.Tensor, tra
     hvp_fn = _damped(data_hvp, l2)
     w = flat_params(model)
     g_test = module_gradient(model, loss_fn, [(test_x, test_y)])
-    G = per_example_gradients(model, loss_fn, train_x, train_y)
+    G = per_example_gradients(model, loss_fn, train_x, train_y, vectorized=vectorized)
     if l2:
         G = G + l2 * w
     s_test, info = inverse_hvp(hvp_fn, g_test, method=method, damping=damping, **options)
