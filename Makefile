@@ -22,7 +22,7 @@ PY        = $(VENV)/bin/python
 SNAKEMAKE = $(VENV)/bin/snakemake
 STAMP     = $(VENV)/.memgen-installed
 
-.PHONY: venv figures test paper-dry-run clean-data lint
+.PHONY: venv figures test paper-dry-run clean-data lint venv-slurm slurm-test plan
 
 venv: $(STAMP)
 
@@ -40,6 +40,19 @@ figures: $(STAMP)
 ## Run the test suite (unit, property, one end-to-end DAG run on config/test.yaml).
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## The venv plus the Snakemake SLURM executor plugin (docs/cluster.md).
+venv-slurm: $(STAMP)
+	$(PY) -m pip install -q -e ".[slurm]"
+
+## Jobs per rule and estimated CPU / GPU hours of CONFIG (runs nothing).
+plan: $(STAMP)
+	$(PY) -m memgen plan --configfile $(CONFIG)
+
+## Opt-in: a one-node SLURM on localhost (root; installs slurm-wlm), config/test.yaml
+## through profiles/slurm and locally, every HDF5 array compared (tests/slurm/).
+slurm-test: venv-slurm
+	PY=$(abspath $(PY)) tests/slurm/run_local_slurm.sh
 
 lint: $(STAMP)
 	$(SNAKEMAKE) --lint --configfile $(CONFIG)

@@ -10,6 +10,9 @@ memgen_config.validate(config)
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/time_scale.smk"
+include: "workflow/rules/double_descent.smk"
+include: "workflow/rules/kernels.smk"
+include: "workflow/rules/curvature.smk"
 
 
 rule all:

@@ -7,7 +7,7 @@ Steps that turn HDF5 inputs into one HDF5 output share one calling convention::
 
 ``--params`` is the JSON the workflow builds from the config (see memgen.experiments);
 it is stored verbatim in the output's provenance. Other commands: ``validate`` (check a
-config), ``summary``, ``figure``, ``code-hash``.
+config), ``summary``, ``figure``, ``code-hash``, ``plan`` (jobs and hours of a config).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def _run_step(args) -> None:
     except json.JSONDecodeError as exc:
         raise MemgenError(f"--params: not valid JSON ({exc})") from None
     _threads(args.threads)
+    from memgen.training import install_sigterm_handler
+
+    install_sigterm_handler()  # SIGTERM (SLURM preemption / time limit): save a resume point, exit 143
     fn(inputs, Path(args.output), params, device=args.device, resume_every_s=args.resume_every_s)
 
 
@@ -96,8 +99,27 @@ def _code_hash(args) -> None:
     print(code_hash(args.step))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from memgen.steps import STEPS
+def _plan(args) -> None:
+    from memgen import config, plan
+
+    cfg = config.load(args.configfile)
+    unit, overhead = plan.UNIT, plan.OVERHEAD
+    if args.calibrate:
+        unit, overhead, used = plan.calibrate(Path(args.calibrate))
+        print(f"calibrated from {args.calibrate}: overhead {overhead:.3g} s, samples {used or 'none'}")
+    print(plan.report(cfg, name=args.configfile, steps=args.steps, gpu_speedup=args.gpu_speedup,
+                      unit=unit, overhead=overhead))
+
+
+# Commands that need neither torch nor the step registry: a figure or summary job does
+# not pay the ~3 s of importing torch.
+LIGHT_COMMANDS = ("summary", "figure", "validate", "plan", "code-hash")
+
+
+def build_parser(with_steps: bool = True) -> argparse.ArgumentParser:
+    STEPS = {}
+    if with_steps:
+        from memgen.steps import STEPS
 
     parser = argparse.ArgumentParser(prog="python -m memgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", default=None)
     p.set_defaults(func=_validate)
 
+    p = sub.add_parser("plan", help="jobs per rule and estimated CPU / GPU hours of a config (runs nothing)",
+                       description="Jobs per rule and estimated CPU / GPU hours; the cost model is in memgen.plan.")
+    p.add_argument("--configfile", required=True)
+    p.add_argument("--steps", type=int, default=100_000, help="gradient-flow steps assumed per run")
+    p.add_argument("--gpu-speedup", type=float, default=1.0,
+                   help="speed of a heavy job on its GPU relative to one CPU thread (measure it)")
+    p.add_argument("--calibrate", metavar="DIR", default=None,
+                   help="fit the per-unit costs to DIR/logs/benchmark + DIR/data of an earlier run")
+    p.set_defaults(func=_plan)
+
     p = sub.add_parser("code-hash", help="hash of the library code behind a step")
     p.add_argument("step")
     p.set_defaults(func=_code_hash)
@@ -140,10 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(with_steps=not (argv and argv[0] in LIGHT_COMMANDS)).parse_args(argv)
     try:
         args.func(args)
     except MemgenError as exc:
         print(f"memgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:
+        if getattr(exc, "message", None):  # memgen.training.Terminated
+            print(f"memgen {args.command}: {exc.message}", file=sys.stderr, flush=True)
+        raise
     return 0

@@ -27,22 +27,26 @@ def heavy_resources():
         res["cpus_per_gpu"] = RES["cpus_per_gpu"]
         if RES["gpu_model"]:
             res["gpu_model"] = RES["gpu_model"]
+    for key in ("runtime", "mem_mb"):  # cluster limits (minutes, MB); None: the profile's default
+        if RES.get(key):
+            res[key] = RES[key]
     return res
 
 
 # Every heavy step: same command line shape.
 STEP_CMD = (
     "{PYTHON} -m memgen {STEP} {INPUTS} --output {output[0]} --params {params.json:q} "
-    "--device {DEVICE} --threads {threads} > {log} 2>&1"
+    "--device {DEVICE} --threads {threads}{EXTRA} > {log} 2>&1"
 )
 
 
-def step_shell(step, inputs):
-    """Shell command of a step rule; `inputs` are the names of the rule's inputs."""
+def step_shell(step, inputs, extra=""):
+    """Shell command of a step rule; `inputs` are the names of the rule's inputs, `extra`
+    more CLI options (e.g. "--resume-every-s 300")."""
     ins = " ".join(f"--input {name}={{input.{name}}}" for name in inputs)
     return STEP_CMD.replace("{PYTHON}", PYTHON).replace("{STEP}", step).replace("{INPUTS}", ins).replace(
         "{DEVICE}", DEVICE
-    )
+    ).replace("{EXTRA}", f" {extra}" if extra else "")
 
 
 wildcard_constraints:

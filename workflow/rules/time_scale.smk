@@ -52,7 +52,8 @@ if "time_scale" in config:
         benchmark:
             f"logs/benchmark/time_scale/train/{TS_POINT}.tsv"
         shell:
-            step_shell("train", ["dataset", "init"])
+            # a killed job restarts from RUN.h5.resume (saved this often and on SIGTERM)
+            step_shell("train", ["dataset", "init"], extra=f"--resume-every-s {TS_CFG['flow']['resume_every_s']:g}")
 
     rule ts_ntk_init:
         input:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from memgen import MemgenError
 
-FAMILIES = ("time_scale",)
+FAMILIES = ("time_scale", "double_descent", "kernels", "curvature")
 
 
 def draw(family: str, name: str, inputs: dict[str, Path], outputs: list[str], options: dict) -> None:
