@@ -19,6 +19,8 @@ if "time_scale" in config:
             code=code_hash("dataset"),
         log:
             "logs/time_scale/dataset.log",
+        benchmark:
+            "logs/benchmark/time_scale/dataset.tsv"
         shell:
             step_shell("dataset", [])
 
@@ -32,6 +34,8 @@ if "time_scale" in config:
             code=code_hash("init"),
         log:
             "logs/time_scale/init/h~{h}_seed~{seed}.log",
+        benchmark:
+            "logs/benchmark/time_scale/init/h~{h}_seed~{seed}.tsv"
         shell:
             step_shell("init", ["dataset"])
 
@@ -128,6 +132,8 @@ if "time_scale" in config:
             code=code_hash("summary"),
         log:
             "logs/time_scale/summary.log",
+        benchmark:
+            "logs/benchmark/time_scale/summary.tsv"
         shell:
             "{PYTHON} -m memgen summary time_scale --input runs {input.runs} --input ntk_init {input.ntk_init}"
             " --input ntk_final {input.ntk_final} --input frozen {input.frozen}"
@@ -146,6 +152,8 @@ if "time_scale" in config:
             code=code_hash("figure"),
         log:
             "logs/time_scale/figure/{name}.log",
+        benchmark:
+            "logs/benchmark/time_scale/figure/{name}.tsv"
         shell:
             "{PYTHON} -m memgen figure time_scale {wildcards.name} --input table={input.table}"
             " --input curves={input.curves} --output {output} --options {params.options:q} > {log} 2>&1"

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memgen.experiments import write_csv
 from memgen import MemgenError, h5io
 
 FAMILY = "curvature"
@@ -222,13 +223,5 @@ def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> None:
     tables = {"toy": toy, "paths": paths, "models": pd.DataFrame(rows), "influence": pd.concat(infl, ignore_index=True),
               "solvers": solvers, "images": pd.concat(imgs, ignore_index=True)}
     for key, df in tables.items():
-        _write_csv(df, outputs[key])
+        write_csv(df, outputs[key])
 
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Atomic CSV write (temp file + rename), full float precision."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format="%.10g")
-    tmp.replace(path)

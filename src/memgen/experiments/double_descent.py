@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from memgen.experiments import write_csv
 from memgen import h5io
 
 FAMILY = "double_descent"
@@ -300,14 +301,6 @@ def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> pd.Dat
     keys = key_numbers(ep, tl, mw)
     for name, df in (("epochwise", ep), ("two_layer", tl), ("jacobian", jac), ("modelwise", mw),
                      ("key_numbers", keys)):
-        _write_csv(df, outputs[name])
+        write_csv(df, outputs[name])
     return keys
 
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Atomic CSV write (temp file + rename), full float precision."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format="%.10g")
-    tmp.replace(path)

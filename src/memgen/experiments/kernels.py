@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memgen.experiments import write_csv
 from memgen import h5io
 
 FAMILY = "kernels"
@@ -125,7 +126,7 @@ def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> None:
         base = {"dataset": p["dataset"]["name"], "n_train": p["n_train"], "seed": p["seed"],
                 "h": p["model"]["h"], "L": p["model"]["L"]}
         rows += [{**base, "method": m, "accuracy": float(d[f"acc_{m}"])} for m in METHODS]
-    _write_csv(pd.DataFrame(rows, columns=["dataset", "n_train", "seed", "h", "L", "method", "accuracy"]),
+    write_csv(pd.DataFrame(rows, columns=["dataset", "n_train", "seed", "h", "L", "method", "accuracy"]),
                outputs["accuracy"])
     rows = []
     for path in inputs.get("convergence", []):
@@ -134,7 +135,7 @@ def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> None:
         for i, s in enumerate(d["seeds"]):
             rows.append({"h": p["model"]["h"], "L": p["model"]["L"], "seed": int(s), "n_points": p["n_points"],
                          "ntk_rel_err": float(d["ntk_rel_err"][i]), "nngp_rel_err": float(d["nngp_rel_err"][i])})
-    _write_csv(pd.DataFrame(rows), outputs["convergence"])
+    write_csv(pd.DataFrame(rows), outputs["convergence"])
     curves = []
     for path in inputs.get("linearized", []):
         d = h5io.read(path, LIN_SHAPES, step="linearized_training")
@@ -145,7 +146,7 @@ def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> None:
         df.insert(0, "h", p["model"]["h"])
         df["diverged"] = bool(d.attrs.get("diverged", False))
         curves.append(df)
-    _write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["h", *LIN_KEYS]),
+    write_csv(pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["h", *LIN_KEYS]),
                outputs["linearized"])
 
 
@@ -155,10 +156,3 @@ def slope(h, err) -> float:
     ok = (h > 0) & (err > 0) & np.isfinite(err)
     return float(np.polyfit(np.log(h[ok]), np.log(err[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")
 
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format="%.10g")
-    tmp.replace(path)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memgen.experiments import write_csv
 from memgen import h5io
 
 FAMILY = "time_scale"
@@ -173,15 +174,7 @@ def summary_tables(runs: list[Path], ntk_init: list[Path], ntk_final: list[Path]
         rows.append(row)
         curves.append(curve)
     table = pd.DataFrame(rows).sort_values(["h", "seed", "alpha"]).reset_index(drop=True)
-    _write_csv(table, out_table)
-    _write_csv(pd.concat(curves, ignore_index=True), out_curves)
+    write_csv(table, out_table)
+    write_csv(pd.concat(curves, ignore_index=True), out_curves)
     return table
 
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Atomic CSV write (temp file + rename), full float precision."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format="%.10g")
-    tmp.replace(path)

@@ -46,28 +46,8 @@ MODEL_TITLE = {"logreg": "logistic regression", "mlp": "MLP (tanh)"}
 WINDOW = (0.0, 1.5, -0.15, 0.2)  # the seed's axis: [xmin, xmax, ymin, ymax]
 
 
-def draw(name: str, inputs: dict[str, Path], outputs: list[Path], options: dict) -> None:
-    if name not in NEEDS:
-        raise MemgenError(f"figure: unknown curvature figure '{name}'; known: {', '.join(FIGURES)}")
-    data = {key: _read(inputs, key, cols, name) for key, cols in NEEDS[name].items()}
-    with style.paper_style():
-        fig = globals()[f"_{name}"](**data, options=options)
-        style.save(fig, outputs)
 
 
-def _read(inputs: dict[str, Path], key: str, columns: list[str], name: str) -> pd.DataFrame:
-    if key not in inputs:
-        raise MemgenError(f"figure {name}: missing --input {key}=PATH")
-    path = Path(inputs[key])
-    if not path.is_file():
-        raise MemgenError(f"figure {name}: input {key} '{path}' does not exist")
-    df = pd.read_csv(path)
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise MemgenError(f"figure {name}: {path} lacks column(s) {', '.join(missing)}")
-    if "diverged" in df.columns and df["diverged"].dtype != bool:
-        df["diverged"] = df["diverged"].astype(str).str.lower().isin(("true", "1", "1.0"))
-    return df
 
 
 def _models(df: pd.DataFrame) -> list[str]:

@@ -41,29 +41,11 @@ INIT_STYLE = {"small": style.width_style(0), "large": style.width_style(1)}
 THEORY = {"ls": "--", "lw": 1.0, "color": "k"}
 
 
-def draw(name: str, inputs: dict[str, Path], outputs: list[Path], options: dict) -> None:
-    if name not in NEEDS:
-        raise MemgenError(f"figure: unknown double_descent figure '{name}'; known: {', '.join(FIGURES)}")
-    data = {key: _read(inputs, key, cols, name) for key, cols in NEEDS[name].items()}
-    with style.paper_style():
-        fig = globals()[f"_{name}"](**data, options=options)
-        style.save(fig, outputs)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _read(inputs: dict[str, Path], key: str, columns: list[str], name: str) -> pd.DataFrame:
-    if key not in inputs:
-        raise MemgenError(f"figure {name}: missing --input {key}=PATH")
-    path = Path(inputs[key])
-    if not path.is_file():
-        raise MemgenError(f"figure {name}: input {key} '{path}' does not exist")
-    df = pd.read_csv(path)
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise MemgenError(f"figure {name}: {path} lacks column(s) {', '.join(missing)}")
-    return df
 
 
 def _xy(df: pd.DataFrame, x: str, *ys: str, positive_x=True, positive_y=False) -> pd.DataFrame:

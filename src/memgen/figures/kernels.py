@@ -33,21 +33,6 @@ LABELS = {"ntk": "NTK regression (empirical)", "nngp": "NNGP (random features)",
 DATASETS = {"digits": "digits", "cifar2": "CIFAR-2"}
 
 
-def draw(name: str, inputs: dict[str, Path], outputs: list[Path], options: dict) -> None:
-    if name not in NEEDS:
-        raise MemgenError(f"figure: unknown kernels figure '{name}'; known: {', '.join(FIGURES)}")
-    data = {}
-    for key, cols in NEEDS[name].items():
-        if key not in inputs or not Path(inputs[key]).is_file():
-            raise MemgenError(f"figure {name}: missing input {key} ({inputs.get(key)})")
-        df = pd.read_csv(inputs[key])
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise MemgenError(f"figure {name}: {inputs[key]} lacks column(s) {', '.join(missing)}")
-        data[key] = df
-    with style.paper_style():
-        fig = globals()[f"_{name}"](**data, options=options)
-        style.save(fig, outputs)
 
 
 def _accuracy_vs_n(accuracy: pd.DataFrame, options: dict):

@@ -35,31 +35,10 @@ assert set(NEEDS) == set(FIGURES)
 SQRT_H_ALPHA = r"$\sqrt{h}\,\alpha$"
 
 
-def draw(name: str, inputs: dict[str, Path], outputs: list[Path], options: dict) -> None:
-    if name not in NEEDS:
-        raise MemgenError(f"figure: unknown time_scale figure '{name}'; known: {', '.join(FIGURES)}")
-    data = {key: _read(inputs, key, cols, name) for key, cols in NEEDS[name].items()}
-    with style.paper_style():
-        fig = globals()[f"_{name}"](**data, options=options)
-        style.save(fig, outputs)
 
 
 # ---------------------------------------------------------------- helpers
 
-def _read(inputs: dict[str, Path], key: str, columns: list[str], name: str) -> pd.DataFrame:
-    if key not in inputs:
-        raise MemgenError(f"figure {name}: missing --input {key}=PATH")
-    path = Path(inputs[key])
-    if not path.is_file():
-        raise MemgenError(f"figure {name}: input {key} '{path}' does not exist")
-    df = pd.read_csv(path)
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise MemgenError(f"figure {name}: {path} lacks column(s) {', '.join(missing)}")
-    for col in df.columns:  # bool columns come back as object when they hold NaN
-        if col in ("diverged", "converged", "frozen_diverged") and df[col].dtype != bool:
-            df[col] = df[col].astype(str).str.lower().isin(("true", "1", "1.0"))
-    return df
 
 
 def _widths(df: pd.DataFrame):
