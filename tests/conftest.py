@@ -1,6 +1,7 @@
 """Shared helpers for the memgen unit tests: independent reference computations."""
 
 import numpy as np
+import pytest
 from scipy import integrate
 
 
@@ -15,3 +16,14 @@ def random_spd(n, seed, low=1.0, high=8.0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     return (q * np.linspace(low, high, n)) @ q.T
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny problems: intra-op threads only add contention on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

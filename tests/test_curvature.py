@@ -30,13 +30,7 @@ from memgen.curvature import (
 D = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The reference notebook's toy: L(w) = (y - w1 w2 x)^2 on {(x, y) = (2, 1)}, at (1, 1/3).
 TOY_W = torch.tensor([1.0, 1.0 / 3.0], dtype=D)

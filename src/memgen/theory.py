@@ -71,17 +71,8 @@ def linear_gd_risk(steps, s, theta, noise_std: float, n: int, lr, w0=None) -> np
     Measured (tests/test_theory.py, d = 20): 0.6% max deviation of the excess risk at
     n = 2000, 4.4% at n = 1000.
     """
-    k = _steps(steps)[:, None]
     s2 = _np(s) ** 2
-    theta = _np(theta)
-    d = s2.shape[0]
-    w0 = np.zeros(d) if w0 is None else np.broadcast_to(_np(w0), (d,))
-    lr = np.broadcast_to(_np(lr), (d,))
-    a = 1.0 - lr * s2
-    ak = np.power(a, k)  # a < 0 (lr_i s_i^2 > 1) needs integer k
-    bias = (s2 * (theta - w0) ** 2 * ak**2).sum(-1)
-    var = (noise_std**2 / n) * ((1.0 - ak) ** 2).sum(-1)
-    return bias + var + noise_std**2
+    return (s2 * linear_gd_weight_error(steps, s, theta, noise_std, n, lr, w0)).sum(-1) + noise_std**2
 
 
 def local_extrema(curve) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +300,7 @@ def linear_gd_weight_error(steps, s, theta, noise_std: float, n: int, lr, w0=Non
     d = s2.shape[0]
     w0 = np.zeros(d) if w0 is None else np.broadcast_to(_np(w0), (d,))
     lr = np.broadcast_to(_np(lr), (d,))
-    ak = np.power(1.0 - lr * s2, k)
+    ak = np.power(1.0 - lr * s2, k)  # 1 - lr s^2 < 0 (lr_i s_i^2 > 1) needs integer k
     return ak**2 * (theta - w0) ** 2 + (noise_std**2 / (n * s2)) * (1.0 - ak) ** 2
 
 
