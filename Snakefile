@@ -5,7 +5,7 @@ from memgen import config as memgen_config
 
 configfile: "config/config.yaml"
 
-memgen_config.validate(config)
+memgen_config.validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
