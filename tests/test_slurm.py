@@ -4,7 +4,9 @@
   (training, Gram matrices, frozen-kernel runs) carries gpu=1 and no light rule carries
   a gpu resource. Uses profiles/slurm when the executor plugin is installed (a dry run
   contacts no SLURM daemon), else profiles/default: the tags come from the workflow.
-- `python -m memgen plan` counts the same jobs per rule as the dry run.
+- `python -m memgen plan` counts the same jobs per rule as the dry run, every family,
+  for config/test.yaml and config/paper.yaml; each family's HEAVY_RULES (plan's GPU
+  hint) are exactly its rules that carry gpu=1 in the paper dry run.
 - profiles/slurm takes partition / account from the environment or the site file.
 - The real thing, on a one-node SLURM started on this machine
   (tests/slurm/run_local_slurm.sh: needs root, installs SLURM packages): only with
@@ -74,6 +76,12 @@ def paper_dry_run(tmp_path_factory) -> str:
     return _dry_run(work, "--configfile", "config/paper.yaml")
 
 
+@pytest.fixture(scope="module")
+def test_dry_run(tmp_path_factory) -> str:
+    work = _copy_workflow(tmp_path_factory.mktemp("test"))
+    return _dry_run(work, "--configfile", "config/test.yaml")
+
+
 def test_gpu_tags_on_heavy_rules_only(paper_dry_run):
     res = _resources_by_rule(paper_dry_run)
     assert HEAVY | LIGHT <= set(res), sorted(res)
@@ -85,14 +93,34 @@ def test_gpu_tags_on_heavy_rules_only(paper_dry_run):
             assert "gpu" not in line, (rule, line)
 
 
-def test_plan_counts_the_dry_runs_jobs(paper_dry_run):
+@pytest.mark.parametrize("name", ["paper", "test"])
+def test_plan_counts_the_dry_runs_jobs(name, request, tmp_path, monkeypatch):
     from memgen import config, plan
 
-    counted = {j.rule: j.count for j in plan.jobs_of(config.load(ROOT / "config" / "paper.yaml"))}
-    assert counted
-    stats = _job_stats(paper_dry_run)
-    prefixes = {rule.split("_")[0] + "_" for rule in counted}  # the modelled families' rules
-    assert {r: n for r, n in stats.items() if r.startswith(tuple(prefixes))} == counted
+    dry_run = request.getfixturevalue(f"{name}_dry_run")
+    cfg = config.load(ROOT / "config" / f"{name}.yaml")
+    # kernels' cifar.enabled: auto looks for the batches relative to the working
+    # directory; the dry run's copy of the workflow has no data/, nor has tmp_path
+    monkeypatch.chdir(tmp_path)
+    assert len(cfg["families"]) == 4 and not plan.unmodelled(cfg)
+    counted = {j.rule: j.count for j in plan.jobs_of(cfg)}
+    stats = {r: n for r, n in _job_stats(dry_run).items() if r != "all"}
+    assert stats == counted
+
+
+def test_plan_heavy_rules_are_the_gpu_tagged_ones(paper_dry_run, tmp_path, monkeypatch):
+    import importlib
+
+    from memgen import config
+
+    cfg = config.load(ROOT / "config" / "paper.yaml")
+    monkeypatch.chdir(tmp_path)
+    res = _resources_by_rule(paper_dry_run)
+    for family in ("kernels", "double_descent", "curvature"):
+        module = importlib.import_module(f"memgen.experiments.{family}")
+        rules = module.plan_jobs(cfg[family])
+        tagged = {r for r in rules if all(re.search(r"\bgpu=1\b", line) for line in res[r])}
+        assert tagged == set(module.HEAVY_RULES), family
 
 
 def test_plan_command_prints_jobs_and_hours(capsys):

@@ -23,9 +23,13 @@ Heavy rules request ``resources.gpu`` GPUs each; their hours are reported as GPU
 divided by ``--gpu-speedup`` (default 1: no GPU measurement yet; measure one train job
 with ``--device cuda`` against ``--device cpu`` and pass the ratio).
 
-A family plugs in with a function ``plan_jobs(block, steps) -> list[Jobs]`` in its module
-``memgen.experiments.FAMILY`` or an entry in :data:`FAMILY_JOBS`; families with neither
-are listed as "no job model" (their jobs are not counted).
+Every family is counted. A family plugs in with ``plan_jobs(block) -> {rule: jobs}`` and
+``HEAVY_RULES`` (the rules with ``resources: **heavy_resources()``) in its module
+``memgen.experiments.FAMILY``, computed from the same point lists its ``.smk`` file
+expands; such rules are costed per job from :data:`REF_SECONDS` (see there), light rules
+without a reference at OVERHEAD. A family with a work model (time_scale: the sizes above)
+has an entry in :data:`FAMILY_JOBS` instead, which takes precedence. Families with
+neither are listed as "not counted".
 """
 
 from __future__ import annotations
@@ -92,15 +96,54 @@ def time_scale_jobs(ts: dict, steps: int) -> list[Jobs]:
 
 FAMILY_JOBS: dict[str, Callable[[dict, int], list[Jobs]]] = {"time_scale": time_scale_jobs}
 
+# Seconds per job (wall, one job at a time, including OVERHEAD) of the rules of families
+# without a work model, and where their benchmarks lie (under logs/benchmark/). Means
+# over the jobs of earlier runs on the 2-core development VM (busy: ~2 jobs at once):
+# kernels at config/config.yaml sizes (accuracy h=512, 1000 steps, n <= 256; convergence
+# n_points=64, h <= 2048; linearized h <= 1024, 1000 steps), double_descent and
+# curvature at config/test.yaml sizes. At paper sizes these rules take longer (more
+# steps / draws / wider networks): treat their hours as a lower bound and refit with
+# ``--calibrate`` on a pilot run at the target sizes. Rules not listed (theory, toy,
+# dataset, summary, figure steps: no benchmark) cost OVERHEAD.
+REF_SECONDS = {
+    "kn_accuracy": 12.4, "kn_convergence": 3.2, "kn_linearized": 15.0,
+    "dd_linear": 13.7, "dd_two_layer": 13.0, "dd_modelwise": 14.9,
+    "cv_train": 7.4, "cv_influence": 6.9, "cv_loo": 15.4, "cv_solvers": 12.3,
+}
+REF_BENCH = {
+    "kn_accuracy": "kernels/accuracy/*/*.tsv", "kn_convergence": "kernels/convergence/*.tsv",
+    "kn_linearized": "kernels/linearized/*.tsv",
+    "dd_linear": "double_descent/linear_*.tsv", "dd_two_layer": "double_descent/two_layer_*.tsv",
+    "dd_modelwise": "double_descent/modelwise.tsv",
+    **{f"cv_{s}": f"curvature/{s}/*.tsv" for s in ("train", "influence", "loo", "solvers")},
+}
+UNIT = {**UNIT, **REF_SECONDS}  # per-job rules: seconds per job, keyed by rule
 
-def _job_model(family: str):
+
+def _module(family: str):
     import importlib
 
     try:
-        module = importlib.import_module(f"memgen.experiments.{family}")
+        return importlib.import_module(f"memgen.experiments.{family}")
     except ModuleNotFoundError:
-        module = None
-    return getattr(module, "plan_jobs", None) or FAMILY_JOBS.get(family)
+        return None
+
+
+def _counted_jobs(module) -> Callable[[dict, int], list[Jobs]]:
+    """Jobs of a family from its module's ``plan_jobs`` (counts) and ``HEAVY_RULES``."""
+    heavy = frozenset(getattr(module, "HEAVY_RULES", ()))
+
+    def jobs(block: dict, steps: int) -> list[Jobs]:
+        return [Jobs(rule, "per_job", rule in heavy, [1.0] * n) for rule, n in module.plan_jobs(block).items()]
+
+    return jobs
+
+
+def _job_model(family: str):
+    if family in FAMILY_JOBS:
+        return FAMILY_JOBS[family]
+    module = _module(family)
+    return _counted_jobs(module) if getattr(module, "plan_jobs", None) else None
 
 
 def unmodelled(config: dict) -> list[str]:
@@ -120,7 +163,10 @@ def jobs_of(config: dict, steps: int = DEFAULT_STEPS) -> list[Jobs]:
 
 
 def seconds(jobs: Jobs, unit: dict[str, float] = UNIT, overhead: float = OVERHEAD) -> list[float]:
-    """Estimated seconds of each job (one CPU thread), capped by the rule's max_wall."""
+    """Estimated seconds of each job (one CPU thread), capped by the rule's max_wall.
+    ``per_job`` rules: ``unit[rule]`` seconds per job (OVERHEAD when not listed)."""
+    if jobs.kind == "per_job":
+        return [min(unit.get(jobs.rule, overhead), overhead + jobs.max_wall)] * jobs.count
     u = unit.get(jobs.kind, 0.0)
     return [min(overhead + u * w, overhead + jobs.max_wall) for w in jobs.works]
 
@@ -169,7 +215,8 @@ def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str
 
     OVERHEAD: the median time of the lightest jobs; UNIT[kind]: the median over that
     kind's jobs of (seconds - OVERHEAD) / work, over jobs that took > 2 OVERHEAD.
-    Kinds without usable samples keep the reference value.
+    Per-job rules (:data:`REF_BENCH`): the mean seconds of their benchmarks.
+    Kinds and rules without usable samples keep the reference value.
     """
     samples: dict[str, list[tuple[float, float]]] = {}
     for folder, (kind, template) in _TS_BENCH.items():
@@ -187,6 +234,15 @@ def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str
         fits = [(s - overhead) / w for s, w in pairs if w > 0 and s > 2 * overhead]
         if fits:
             unit[kind], used[kind] = statistics.median(fits), len(fits)
+    for rule, pattern in REF_BENCH.items():
+        secs = []
+        for tsv in sorted((root / "logs/benchmark").glob(pattern)):
+            try:
+                secs.append(_bench_seconds(tsv))
+            except Exception:  # empty or foreign file: skip it
+                continue
+        if secs:
+            unit[rule], used[rule] = statistics.mean(secs), len(secs)
     return unit, overhead, used
 
 
@@ -201,26 +257,39 @@ def report(config: dict, *, name: str = "", steps: int = DEFAULT_STEPS, gpu_spee
     lines = [f"{name or 'config'}: families {', '.join(config['families'])}; "
              f"{sum(j.count for j in all_jobs)} jobs; assumed {steps:g} gradient-flow steps per run"
              + (f" (capped at flow.max_steps)" if any(j.kind == "train" for j in all_jobs) else "")]
-    head = f"{'rule':<16}{'jobs':>7}  {'runs on':<10}{'s/job (mean)':>14}{'hours':>12}{'max hours':>12}"
+    w = max([16] + [len(j.rule) + 2 for j in all_jobs])
+    head = f"{'rule':<{w}}{'jobs':>7}  {'runs on':<10}{'s/job (mean)':>14}{'hours':>12}{'max hours':>12}"
     lines += [head, "-" * len(head)]
     cpu_h = gpu_h = bound_h = 0.0
+    family_of = {j.rule: f for f in config["families"] if _job_model(f) is not None
+                 for j in _job_model(f)(config[f], steps)}
+    per_family: dict[str, list[float]] = {}  # family -> [jobs, hours]
     for j in all_jobs:
         secs = seconds(j, unit, overhead)
         on_gpu = j.heavy and gpus > 0
         hours = sum(secs) / 3600 / (gpu_speedup if on_gpu else 1.0)
         bound = (j.count * (overhead + j.max_wall) / 3600) if math.isfinite(j.max_wall) else hours
         where = f"{gpus} GPU" if on_gpu else (f"{threads} CPU" if j.heavy else "1 CPU")
-        lines.append(f"{j.rule:<16}{j.count:>7}  {where:<10}{sum(secs) / max(j.count, 1):>14.3g}"
+        lines.append(f"{j.rule:<{w}}{j.count:>7}  {where:<10}{sum(secs) / max(j.count, 1):>14.3g}"
                      f"{hours:>12.3g}{bound:>12.3g}")
         if on_gpu:
             gpu_h += hours * gpus
         else:
             cpu_h += hours * (threads if j.heavy else 1)
         bound_h += bound
+        tot = per_family.setdefault(family_of[j.rule], [0, 0.0])
+        tot[0] += j.count
+        tot[1] += hours
     lines.append("-" * len(head))
+    lines.append("per family: " + "; ".join(f"{f} {n} jobs, {h:.3g} h" for f, (n, h) in per_family.items()))
     lines.append(f"estimate: {cpu_h:.3g} CPU core-hours, {gpu_h:.3g} GPU hours"
                  + (f" (GPU speedup over one CPU thread assumed x{gpu_speedup:g})" if gpus else ""))
     lines.append(f"upper bound (every run hitting max_wall): {bound_h:.3g} job-hours")
+    per_job = [f for f in per_family if any(j.kind == "per_job" and j.rule in unit and family_of[j.rule] == f
+                                            for j in all_jobs)]
+    if per_job:
+        lines.append(f"{', '.join(per_job)}: seconds per job from small reference runs (memgen.plan.REF_SECONDS, "
+                     f"or --calibrate): a lower bound at larger sizes")
     missing = unmodelled(config)
     if missing:
         lines.append(f"not counted (no job model in memgen.plan): {', '.join(missing)}")

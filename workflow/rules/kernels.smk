@@ -9,8 +9,8 @@ if "kernels" in config:
     KN_FORMATS = KN_CFG["figures"]["formats"]
     KN_ACC = [f"data/runs/kernels/accuracy/{KN.accuracy_name(p['ds'], p['n'], p['seed'])}.h5"
               for p in KN.accuracy_points(KN_CFG)]
-    KN_CONV = [f"data/kernels/kernels/convergence/h~{h}.h5" for h in KN_CFG["convergence"]["widths"]]
-    KN_LIN = [f"data/runs/kernels/linearized/h~{h}.h5" for h in KN_CFG["linearized"]["widths"]]
+    KN_CONV = [f"data/kernels/kernels/convergence/h~{h}.h5" for h in KN.convergence_widths(KN_CFG)]
+    KN_LIN = [f"data/runs/kernels/linearized/h~{h}.h5" for h in KN.linearized_widths(KN_CFG)]
     FAMILY_TARGETS["kernels"] = expand("figures/kernels/{name}.{ext}", name=KN.FIGURES, ext=KN_FORMATS)
 
     rule kn_dataset:

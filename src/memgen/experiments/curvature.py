@@ -55,6 +55,17 @@ def check(cv: dict) -> list[str]:
     return out
 
 
+# rules whose jobs request heavy_resources() (GPU when resources.gpu > 0)
+HEAVY_RULES = frozenset({"cv_train", "cv_influence", "cv_loo", "cv_solvers"})
+
+
+def plan_jobs(cv: dict) -> dict[str, int]:
+    """Jobs per rule of workflow/rules/curvature.smk (the per-model steps once per model)."""
+    return {"cv_toy": 1, "cv_digits": 1, **{f"cv_{step}": len(MODELS) for step in ("train", "influence", "loo",
+                                                                                 "solvers")},
+            "cv_summary": 1, "cv_figure": len(FIGURES)}
+
+
 # ---------------------------------------------------------------- step params
 
 

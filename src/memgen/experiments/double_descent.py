@@ -65,6 +65,17 @@ def modelwise_n(p: int, ratio: float) -> int:
     return int(round(float(ratio) * int(p)))
 
 
+# rules whose jobs request heavy_resources() (GPU when resources.gpu > 0)
+HEAVY_RULES = frozenset({"dd_linear", "dd_two_layer", "dd_modelwise"})
+
+
+def plan_jobs(dd: dict) -> dict[str, int]:
+    """Jobs per rule of workflow/rules/double_descent.smk (one run per schedule / init)."""
+    return {"dd_linear": len(SCHEDULES), "dd_theory_linear": 1, "dd_two_layer": len(INITS),
+            "dd_theory_two_layer": len(INITS), "dd_modelwise": 1, "dd_theory_modelwise": 1,
+            "dd_summary": 1, "dd_figure": len(FIGURES)}
+
+
 # ---------------------------------------------------------------- params
 
 

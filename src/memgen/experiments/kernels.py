@@ -81,6 +81,33 @@ def accuracy_points(kb: dict) -> list[dict[str, Any]]:
     return out
 
 
+def convergence_widths(kb: dict) -> list[int]:
+    """Widths of the kn_convergence jobs (one job per width, all seeds inside)."""
+    return [int(h) for h in kb["convergence"]["widths"]]
+
+
+def linearized_widths(kb: dict) -> list[int]:
+    """Widths of the kn_linearized jobs (one job per width)."""
+    return [int(h) for h in kb["linearized"]["widths"]]
+
+
+def used_datasets(kb: dict) -> list[str]:
+    """Datasets the workflow builds: digits (convergence, linearized) and those of the
+    accuracy points."""
+    return ["digits"] + sorted({p["ds"] for p in accuracy_points(kb)} - {"digits"})
+
+
+# rules whose jobs request heavy_resources() (GPU when resources.gpu > 0)
+HEAVY_RULES = frozenset({"kn_accuracy", "kn_convergence", "kn_linearized"})
+
+
+def plan_jobs(kb: dict) -> dict[str, int]:
+    """Jobs per rule of workflow/rules/kernels.smk for this block (same point lists)."""
+    return {"kn_dataset": len(used_datasets(kb)), "kn_accuracy": len(accuracy_points(kb)),
+            "kn_convergence": len(convergence_widths(kb)), "kn_linearized": len(linearized_widths(kb)),
+            "kn_summary": 1, "kn_figure": len(FIGURES)}
+
+
 def accuracy_name(ds: str, n: int, seed: int) -> str:
     return f"{ds}/n~{n}_seed~{seed}"
 
