@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from memgen import MemgenError, config, h5io, steps
+from memgen import MemgenError, config, h5io
+from memgen.steps import curvature as steps
 from memgen.experiments import curvature as CV
 from memgen.figures import draw
 

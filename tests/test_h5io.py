@@ -113,6 +113,7 @@ def test_code_hash(tmp_path, monkeypatch):
     for entry in {e for mods in provenance.STEP_MODULES.values() for e in mods} | set(provenance.COMMON):
         src = provenance.PACKAGE_DIR / entry
         if src.is_file():
+            (fake / entry).parent.mkdir(parents=True, exist_ok=True)
             (fake / entry).write_bytes(src.read_bytes())
     monkeypatch.setattr(provenance, "PACKAGE_DIR", fake)
     try:

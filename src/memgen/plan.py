@@ -256,7 +256,7 @@ def report(config: dict, *, name: str = "", steps: int = DEFAULT_STEPS, gpu_spee
     all_jobs = jobs_of(config, steps)
     lines = [f"{name or 'config'}: families {', '.join(config['families'])}; "
              f"{sum(j.count for j in all_jobs)} jobs; assumed {steps:g} gradient-flow steps per run"
-             + (f" (capped at flow.max_steps)" if any(j.kind == "train" for j in all_jobs) else "")]
+             + (" (capped at flow.max_steps)" if any(j.kind == "train" for j in all_jobs) else "")]
     w = max([16] + [len(j.rule) + 2 for j in all_jobs])
     head = f"{'rule':<{w}}{'jobs':>7}  {'runs on':<10}{'s/job (mean)':>14}{'hours':>12}{'max hours':>12}"
     lines += [head, "-" * len(head)]

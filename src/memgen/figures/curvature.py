@@ -18,7 +18,6 @@ Each figure reads the summary CSVs only (memgen.experiments.curvature.summarize)
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np

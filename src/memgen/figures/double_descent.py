@@ -10,13 +10,11 @@ n/p = 1) are dropped from the curves, never plotted or allowed to break the axes
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from memgen import MemgenError
 from memgen.experiments.double_descent import FIGURES
 from memgen.figures import style
 

@@ -11,12 +11,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from memgen import MemgenError
 from memgen.experiments.kernels import FIGURES, slope
 from memgen.figures import style
 

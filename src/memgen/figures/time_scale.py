@@ -11,7 +11,6 @@ last-layer scaling or loss normalization land on the same axes.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import matplotlib
 import numpy as np
