@@ -136,12 +136,17 @@ def _run_row(path: Path) -> tuple[dict, pd.DataFrame]:
     return row, curve
 
 
-def _kernel_change(k0_path: Path, k1_path: Path) -> dict[str, float]:
-    from memgen.kernels import relative_change, shape_change  # torch-free math on numpy via torch
+def _train_gram(path: Path):
     import torch
 
-    k0 = torch.from_numpy(h5io.read(k0_path, {"K_train_train": ("n", "n")})["K_train_train"])
-    k1 = torch.from_numpy(h5io.read(k1_path, {"K_train_train": ("n", "n")})["K_train_train"])
+    return torch.from_numpy(h5io.read(path, {"K_train_train": ("n", "n")})["K_train_train"])
+
+
+def _kernel_change(k0, k1_path: Path) -> dict[str, float]:
+    """Change of the train Gram from ``k0`` (the NTK at init) to the one in ``k1_path``."""
+    from memgen.kernels import relative_change, shape_change
+
+    k1 = _train_gram(k1_path)
     return {"ntk_rel_change": relative_change(k0, k1), "ntk_shape_change": shape_change(k0, k1),
             "ntk_norm_ratio": float(k1.norm() / k0.norm())}
 
@@ -165,9 +170,12 @@ def summary_tables(runs: list[Path], ntk_init: list[Path], ntk_final: list[Path]
     normalizations. ``alpha2_loss`` = alpha_article^2 * article loss = mean l(F y).
     """
     rows, curves = [], []
+    k0_cache: dict = {}
     for i, path in enumerate(runs):
         row, curve = _run_row(path)
-        row.update(_kernel_change(ntk_init[i], ntk_final[i]))
+        if ntk_init[i] not in k0_cache:  # one NTK at init per (h, seed), shared by every alpha
+            k0_cache[ntk_init[i]] = _train_gram(ntk_init[i])
+        row.update(_kernel_change(k0_cache[ntk_init[i]], ntk_final[i]))
         if frozen:
             frow, _ = _run_row(frozen[i])
             row.update({f"frozen_{k}": frow[k] for k in ("test_err", "t_fit", "diverged", "best_test_err")})
