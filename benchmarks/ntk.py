@@ -1,7 +1,7 @@
 """Speed and memory of memgen's empirical NTK (issue 3, "Performance").
 
     bash benchmarks/setup_bench_env.sh            # once: separate venv with nngeometry
-    /tmp/memgen-bench-venv/bin/python benchmarks/ntk.py [--threads 2 --n 1024 --repeats 3]
+    /tmp/memgen-bench-venv/bin/python benchmarks/ntk.py [--threads 2 --n 1024 --repeats 7]
 
 (``.venv/bin/python benchmarks/ntk.py`` also works; the nngeometry row is then skipped.)
 Everything is measured in one process with ``torch.set_num_threads(--threads)``, on
@@ -18,14 +18,15 @@ FC d=30, h=1024, L=3 (relu, "ntk" last layer, no bias), n=1024 points, float32:
   and batches of 256), from the separate benchmark venv only;
 - the machine's float32 matmul rate (``torch.mm`` of 4096 x 4096), and the fast path's
   rate on its structured FLOP count (the matrix products it executes: forward, backward
-  signals, and the per-layer Grams);
+  signals, and the per-layer Grams over the upper-triangle blocks of the symmetric Gram);
 - peak RSS (VmHWM) of a fresh process that builds the 8192 x 8192 float64 train Gram of the same
   FC (h=1024, L=3), and of one that only imports torch + memgen;
 - the generic path (torch.func, :func:`memgen.kernels.generic_ntk`) against a
   per-example gradient loop on a small CNN.
 
-Times are the best of ``--repeats`` runs (the loop runs once: it takes about a
-minute); on a shared machine the minimum is the least load-dependent estimate. Results: stdout table and benchmarks/results/ntk.json.
+Times are the best of ``--repeats`` runs, the matmul, the fast paths and nngeometry timed
+in turn in each round (the loop runs once: it takes about a minute); on a shared machine the
+minimum of interleaved runs is the least load-dependent estimate. Results: stdout table and benchmarks/results/ntk.json.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from memgen.kernels import empirical_ntk, generic_ntk, sequential_ntk
+from memgen.kernels import empirical_ntk, generic_ntk, sequential_ntk, symmetric_tiles
 from memgen.models import FC
 
 
@@ -55,19 +56,31 @@ def timed(fn, repeats=1):
     return out, min(times)
 
 
-def matmul_rate(size=4096, repeats=5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    _, t = timed(lambda: torch.mm(a, b), repeats)
-    return 2 * size**3 / t
+def interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Results and best times of several functions timed in turn, ``repeats`` rounds:
+    load drift on a shared machine then hits every candidate alike."""
+    times = {k: [] for k in fns}
+    outs = {}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = perf_counter()
+            outs[k] = fn()
+            times[k].append(perf_counter() - t0)
+    return outs, {k: min(v) for k, v in times.items()}
+
+
+MATMUL_SIZE = 4096
 
 
 def structured_flops(n: int, d: int, h: int, L: int) -> float:
-    """Matrix-product FLOPs of the structured path for the n x n Gram (full square)."""
+    """Matrix-product FLOPs the structured path executes for the n x n train Gram: the
+    forward and backward passes, and the per-layer Gram products over the blocks of the
+    upper triangle it computes (:func:`memgen.kernels.symmetric_tiles`)."""
     fwd = 2 * n * (d * h + (L - 1) * h * h + h)
     bwd = 2 * n * (L - 1) * h * h  # delta_{l-1} = (delta_l W_l) * phi' (the last layer is a broadcast)
     dims = d + L * h + L * h  # activation Gram dims (d, h, ..., h) + signal Gram dims (h, ..., h)
-    return fwd + bwd + 2 * n * n * dims
+    entries = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in symmetric_tiles(n))
+    return fwd + bwd + 2 * entries * dims
 
 
 # ---------------------------------------------------------------- seed 000 baseline
@@ -182,7 +195,7 @@ def main(argv=None):
     p.add_argument("--d", type=int, default=30)
     p.add_argument("--h", type=int, default=1024)
     p.add_argument("--L", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--rss-n", type=int, default=8192)
     p.add_argument("--cnn-n", type=int, default=256)
     p.add_argument("--skip-loop", action="store_true", help="skip the ~1 minute seed loop")
@@ -197,26 +210,32 @@ def main(argv=None):
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
     seqm = as_sequential(model)
 
-    res["matmul_gflops"] = matmul_rate() / 1e9
-    K_fast, res["fast_fc_s"] = timed(lambda: empirical_ntk(model, x), args.repeats)
-    K_seq, res["fast_seq_s"] = timed(lambda: sequential_ntk(seqm, x), args.repeats)
-    flops = structured_flops(n, d, h, L)
-    res["structured_gflop"] = flops / 1e9
-    res["fast_gflops"] = flops / res["fast_fc_s"] / 1e9
-    res["fast_fraction_of_matmul"] = res["fast_gflops"] / res["matmul_gflops"]
-
+    ma, mb = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    fns = {"matmul": lambda: torch.mm(ma, mb), "fast_fc": lambda: empirical_ntk(model, x),
+           "fast_seq": lambda: sequential_ntk(seqm, x)}
     try:
         import nngeometry  # noqa: F401
 
         for batch in (n, 256):
-            G, t = timed(lambda: nngeometry_gram(seqm, x, batch), args.repeats)
-            res[f"nngeometry_b{batch}_s"] = t
+            fns[f"nngeometry_b{batch}"] = lambda batch=batch: nngeometry_gram(seqm, x, batch)
+    except ImportError:
+        print("nngeometry not importable: run benchmarks/setup_bench_env.sh and use its python", file=sys.stderr)
+    outs, best = interleaved(fns, args.repeats)
+    K_fast, K_seq = outs["fast_fc"], outs["fast_seq"]
+    res["fast_fc_s"], res["fast_seq_s"] = best["fast_fc"], best["fast_seq"]
+    res["matmul_gflops"] = 2 * MATMUL_SIZE**3 / best["matmul"] / 1e9
+    flops = structured_flops(n, d, h, L)
+    res["structured_gflop"] = flops / 1e9
+    res["fast_gflops"] = flops / res["fast_fc_s"] / 1e9
+    res["fast_fraction_of_matmul"] = res["fast_gflops"] / res["matmul_gflops"]
+    res["nngeometry_s"] = None
+    if len(fns) > 3:
+        for batch in (n, 256):
+            res[f"nngeometry_b{batch}_s"] = best[f"nngeometry_b{batch}"]
+            G = outs[f"nngeometry_b{batch}"]
             res[f"nngeometry_b{batch}_relerr"] = float((G - K_seq).norm() / K_seq.norm())
         res["nngeometry_s"] = min(res[f"nngeometry_b{b}_s"] for b in (n, 256))
         res["speedup_vs_nngeometry"] = res["nngeometry_s"] / res["fast_seq_s"]
-    except ImportError:
-        res["nngeometry_s"] = None
-        print("nngeometry not importable: run benchmarks/setup_bench_env.sh and use its python", file=sys.stderr)
 
     if not args.skip_loop:
         (K_loop, _, _), res["seed_loop_s"] = timed(lambda: compute_kernels(model, x, x[:0]))

@@ -14,6 +14,7 @@ from torch import nn
 from memgen import MemgenError, data
 from memgen.dynamics import linearized_predictions, linearized_weights
 from memgen.kernels import (
+    SYMMETRIC_LEAF,
     analytic_kernels,
     empirical_ntk,
     generic_ntk,
@@ -23,6 +24,7 @@ from memgen.kernels import (
     ntk_gram_blocks,
     sequential_chain,
     sequential_ntk,
+    symmetric_tiles,
 )
 from memgen.models import FC
 
@@ -98,6 +100,31 @@ def test_structured_fc_matches_loop_and_small_budget(bias, last_layer):
     Ktt, Kst, Kss = ntk_gram_blocks(model, x1, x2)
     close(Ktt, ref11), close(Kst, ref21), close(Kss, loop_ntk(model, x2, x2))
     psd_and_symmetric(Ktt)
+
+
+@pytest.mark.parametrize("n", [1, 128, 129, 300, 517])
+def test_symmetric_tiles_cover_the_upper_triangle_once(n):
+    cover = torch.zeros(n, n, dtype=torch.int64)
+    work = 0
+    for r0, r1, c0, c1 in symmetric_tiles(n):
+        cover[r0:r1, c0:c1] += 1
+        if c0 != r0:  # off-diagonal blocks are mirrored
+            assert r1 <= c0
+            cover[c0:c1, r0:r1] += 1
+        work += (r1 - r0) * (c1 - c0)
+    assert bool((cover == 1).all())
+    assert work <= n * n / 2 + n * SYMMETRIC_LEAF / 2
+
+
+def test_symmetric_gram_blocks_equal_the_full_square():
+    """n > SYMMETRIC_LEAF: the mirrored upper-triangle blocks (whole and under a small
+    budget) give the same matrix as the full square (x2 given: no symmetry used)."""
+    model = FC(3, 5, 2, activation="tanh", bias=True, last_layer="ntk", seed=2)
+    x = torch.randn(2 * SYMMETRIC_LEAF + 37, 3, generator=torch.Generator().manual_seed(3), dtype=DT)
+    full = empirical_ntk(model, x, x.clone())
+    close(empirical_ntk(model, x), full)
+    close(empirical_ntk(model, x, memory_budget=20_000), full)
+    assert torch.equal(empirical_ntk(model, x), empirical_ntk(model, x).t())
 
 
 def small_cnn():

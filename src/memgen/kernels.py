@@ -16,8 +16,8 @@ Empirical NTK, two paths with one answer (tested against a per-example gradient 
                      [+ sum_l delta_l(x) . delta_l(x')   with biases],
 
   matrix products only, never per-example Jacobians; the Gram is built in row panels
-  under a memory budget and, for x2 = None and several panels, only the panels' upper
-  part is computed (then mirrored).
+  under a memory budget and, for x2 = None, only the upper triangle is computed, in the
+  blocks of :func:`symmetric_tiles` (then mirrored).
 - **generic** (:func:`generic_ntk`): any module, per-example Jacobians from
   ``torch.func`` (vmap of jacrev), ``block`` examples at a time, the block size capped by
   a memory budget.
@@ -42,6 +42,10 @@ from memgen import MemgenError
 from memgen.models import FC, FlatFC
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries the Gram builders may use
+# Diagonal blocks of a symmetric Gram at most this size are computed whole; larger ones
+# are split (see symmetric_tiles). 128 keeps every product large enough for BLAS to run at
+# full rate (benchmarks/ntk.py) while skipping all but n * 64 entries of the lower half.
+SYMMETRIC_LEAF = 128
 
 # ---------------------------------------------------------------- structured path
 #
@@ -159,33 +163,51 @@ def _block_rows(n2: int, itemsize: int, memory_budget: int) -> int:
     return max(1, int(memory_budget // (3 * max(n2, 1) * itemsize)))
 
 
-def _gram(model, fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = False) -> torch.Tensor:
-    """sum_l (A_l A'_l^T + b) o (D_l D'_l^T) (b = 1 with biases), in row panels of at
-    most ``memory_budget`` bytes of temporaries. ``symmetric`` (fa is fb): each panel
-    computes only the columns from its first row on and mirrors them (when the budget
-    forces several panels; one panel computes the full square, faster with BLAS than
-    small tiles).
+def symmetric_tiles(n: int, leaf: int = SYMMETRIC_LEAF, r0: int = 0):
+    """Blocks (r0, r1, c0, c1) covering the upper triangle of an n x n symmetric matrix:
+    the off-diagonal half of each diagonal block, recursively, down to diagonal blocks of
+    at most ``leaf`` rows computed whole. Work: n^2 / 2 + n * leaf / 2 entries at most."""
+    if n <= leaf:
+        yield (r0, r0 + n, r0, r0 + n)
+        return
+    m = n // 2
+    yield (r0, r0 + m, r0 + m, r0 + n)
+    yield from symmetric_tiles(m, leaf, r0)
+    yield from symmetric_tiles(n - m, leaf, r0 + m)
 
-    ``model`` is unused (kept for callers of the old signature)."""
-    del model
+
+def _gram_block(fa, fb, r0, r1, c0, c1) -> torch.Tensor:
+    acc = None
+    for (a1, d1, bias), (a2, d2, _) in zip(fa, fb):
+        term = a1[r0:r1] @ a2[c0:c1].t()
+        if bias:
+            term.add_(1.0)
+        if d1 is not None:  # (the output layer has delta = 1: D D'^T = all ones)
+            term.mul_(d1[r0:r1] @ d2[c0:c1].t())
+        acc = term if acc is None else acc.add_(term)
+    return acc
+
+
+def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = False) -> torch.Tensor:
+    """sum_l (A_l A'_l^T + b) o (D_l D'_l^T) (b = 1 with biases), each block in row
+    panels of at most ``memory_budget`` bytes of temporaries. ``symmetric`` (fa is fb):
+    only the blocks of :func:`symmetric_tiles` are computed and mirrored, about half the
+    products of the full square, in blocks still large enough for BLAS to run at full
+    rate; the result is exactly symmetric."""
     a0 = fa[0][0]
     n1, n2 = a0.shape[0], fb[0][0].shape[0]
     K = a0.new_empty(n1, n2)
-    rows = _block_rows(n2, a0.element_size(), memory_budget)
-    for r0 in range(0, n1, rows):
-        r1 = min(n1, r0 + rows)
-        c0 = r0 if symmetric else 0
-        acc = None
-        for (a1, d1, bias), (a2, d2, _) in zip(fa, fb):
-            term = a1[r0:r1] @ a2[c0:].t()
-            if bias:
-                term.add_(1.0)
-            if d1 is not None:  # (the output layer has delta = 1: D D'^T = all ones)
-                term.mul_(d1[r0:r1] @ d2[c0:].t())
-            acc = term if acc is None else acc.add_(term)
-        K[r0:r1, c0:] = acc
-        if symmetric and r1 < n2:
-            K[r1:, r0:r1] = acc[:, r1 - c0:].t()
+    for r0, r1, c0, c1 in symmetric_tiles(n1) if symmetric else [(0, n1, 0, n2)]:
+        rows = _block_rows(c1 - c0, a0.element_size(), memory_budget)
+        for q0 in range(r0, r1, rows):
+            q1 = min(r1, q0 + rows)
+            block = _gram_block(fa, fb, q0, q1, c0, c1)
+            K[q0:q1, c0:c1] = block
+            if c0 != r0:  # off-diagonal block of a symmetric Gram
+                K[c0:c1, q0:q1] = block.t()
+        if symmetric and c0 == r0:  # a diagonal block computed whole: make it exactly symmetric
+            D = K[r0:r1, r0:r1]
+            D.copy_((D + D.t()).mul_(0.5))
     return K
 
 
@@ -200,8 +222,8 @@ def _chain_gram(chain, x1, x2, memory_budget):
     with torch.no_grad():
         f1 = _chain_features(chain, x1)
         if x2 is None:
-            return _gram(None, f1, f1, memory_budget, symmetric=True)
-        return _gram(None, f1, _chain_features(chain, x2), memory_budget)
+            return _gram(f1, f1, memory_budget, symmetric=True)
+        return _gram(f1, _chain_features(chain, x2), memory_budget)
 
 
 def sequential_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None,
@@ -310,8 +332,8 @@ def ntk_gram_blocks(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tenso
                                         memory_budget=memory_budget))
     with torch.no_grad():
         ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
-        return (_gram(None, ftr, ftr, memory_budget, True), _gram(None, fte, ftr, memory_budget),
-                _gram(None, fte, fte, memory_budget, True))
+        return (_gram(ftr, ftr, memory_budget, True), _gram(fte, ftr, memory_budget),
+                _gram(fte, fte, memory_budget, True))
 
 
 def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: torch.Tensor):
@@ -319,7 +341,7 @@ def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: to
     with torch.no_grad():
         chain = _fc_chain(model, w)
         ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
-        return _gram(None, ftr, ftr, symmetric=True), _gram(None, fte, ftr), _gram(None, fte, fte, symmetric=True)
+        return _gram(ftr, ftr, symmetric=True), _gram(fte, ftr), _gram(fte, fte, symmetric=True)
 
 
 def relative_change(K0: torch.Tensor, K1: torch.Tensor) -> float:
