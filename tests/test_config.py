@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,19 @@ CASES = [
     ((TS, "dataset", "k"), DELETE, "time_scale.dataset"),
     ((TS, "flow", "max_dgrad"), 0, "time_scale.flow.max_dgrad"),
     ((TS, "figures"), {"h": 99}, "time_scale.figures.h"),
+    (("families",), ["vision"], "families[0]"),
+    (("resources",), {"gpu": -1}, "resources.gpu"),
+    (("double_descent", "two_layer", "lr"), -0.1, "double_descent.two_layer.lr"),
+    (("double_descent", "epochwise", "n_logged"), 5000, "double_descent.epochwise.n_logged"),
+    (("kernels", "digits", "classes"), [3, 3], "kernels.digits.classes"),
+    (("kernels", "convergence", "widths"), [64], "kernels.convergence.widths"),
+    (("kernels", "accuracy", "n_train"), [400], "kernels.accuracy.n_train"),
+    (("kernels", "cifar", "enabled"), "yes", "kernels.cifar.enabled"),
+    (("kernels", "cifar"), {"enabled": True, "root": "no/such/cifar-10-batches-py"}, "kernels.cifar.root"),
+    (("curvature", "influence", "n_top"), 100, "curvature.influence.n_top"),
+    (("curvature", "solvers", "batch_size"), 500, "curvature.solvers.batch_size"),
+    (("curvature", "mlp", "fit", "method"), "adam", "curvature.mlp.fit.method"),
+    (("curvature", "logreg", "l2"), 0, "curvature.logreg.l2"),
 ]
 
 
@@ -94,3 +108,65 @@ def test_exponent_strings_are_numbers(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load(CONFIG_DIR / "no_such.yaml")
+
+
+# (path, value, what the one message line must say: key, offending value, what is allowed)
+MESSAGES = [
+    ((TS, "widths"), [16, -4], r"^time_scale\.widths\[1\]: -4 is out of range; must be >= 1$"),
+    ((TS, "model", "activation"), "gelu",
+     r"^time_scale\.model\.activation: 'gelu' is not allowed; allowed: 'relu', 'tanh', 'softplus'$"),
+    ((TS, "dataset"), {"k": 7, "d": 6, "n_train": 10, "n_test": 10},
+     r"^time_scale\.dataset\.k: 7 must be <= dataset\.d = 6$"),
+    ((TS, "dataset"), {"k": 2, "d": 6, "n_train": 24, "n_test": 41},
+     r"^time_scale\.dataset\.n_train \+ n_test: 65 exceeds the 64 distinct binary strings of length d = 6$"),
+    (("kernels", "cifar", "enabled"), "yes",
+     r"^kernels\.cifar\.enabled: 'yes' is not allowed; allowed: 'auto', True, False$"),
+    (("curvature", "influence", "n_top"), 100,
+     r"^curvature\.influence\.n_top \+ n_random: 108 exceeds digits\.n_train = 80$"),
+    (("double_descent", "two_layer", "lr"), -0.1,
+     r"^double_descent\.two_layer\.lr: -0\.1 is out of range; must be > 0$"),
+]
+
+
+@pytest.mark.parametrize("path,value,line", MESSAGES, ids=[".".join(c[0]) for c in MESSAGES])
+def test_invalid_config_message_names_value_and_what_is_allowed(path, value, line):
+    cfg = _base()
+    _set(cfg, path, value)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "invalid config:"
+    assert len(lines) == 2, lines  # exactly one problem, on its own line
+    assert re.match(line, lines[1].strip()), lines[1]
+
+
+def _fake_cifar_files(root: Path, names) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (root / name).write_bytes(b"stand-in: only existence is checked at validation")
+
+
+def test_cifar_enabled_true_needs_the_batches(tmp_path):
+    from memgen.data import CIFAR_FILES
+    from memgen.experiments import kernels as KN
+
+    root = tmp_path / "cifar-10-batches-py"
+    cfg = _base()
+    cfg["kernels"]["cifar"] = {"enabled": True, "root": str(root)}
+    with pytest.raises(ConfigError) as err:  # the root does not exist at all
+        validate(copy.deepcopy(cfg))
+    msg = str(err.value)
+    assert f"kernels.cifar.root: {str(root)!r}" in msg and "does not exist" in msg
+    assert "data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch" in msg
+    assert "enabled: auto" in msg  # and how to skip CIFAR instead
+    _fake_cifar_files(root, CIFAR_FILES[:3])  # data_batch_4, data_batch_5, test_batch missing
+    with pytest.raises(ConfigError, match=r"lacks data_batch_4, data_batch_5, test_batch;"):
+        validate(copy.deepcopy(cfg))
+    _fake_cifar_files(root, CIFAR_FILES)
+    valid = validate(copy.deepcopy(cfg))
+    assert KN.datasets(valid["kernels"]) == ["digits", "cifar2"]
+    # auto: missing batches silently skip CIFAR (the default, unchanged)
+    cfg["kernels"]["cifar"] = {"enabled": "auto", "root": str(tmp_path / "elsewhere")}
+    assert KN.datasets(validate(copy.deepcopy(cfg))["kernels"]) == ["digits"]
+    cfg["kernels"]["cifar"]["enabled"] = False
+    assert KN.datasets(validate(cfg)["kernels"]) == ["digits"]

@@ -72,6 +72,7 @@ def test_failed_overwrite_keeps_old_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("case,shapes,kw,match", [
     ("missing", {}, {}, "does not exist"),
     ("truncated", {}, {}, "not a readable HDF5"),
+    ("bitrot", {"x": (4, 3)}, {}, r"dataset 'x' cannot be read \(corrupted\?\)"),
     ("ok", {"x": (4, 3), "nope": None}, {}, "missing dataset 'nope'"),
     ("ok", {"x": (4, 2)}, {}, r"'x' has shape \(4, 3\)"),
     ("ok", {"x": (4, 3, 1)}, {}, "'x' has shape"),
@@ -86,6 +87,12 @@ def test_read_errors(tmp_path, case, shapes, kw, match):
     if case == "truncated":
         raw = path.read_bytes()
         path.write_bytes(raw[: len(raw) // 2])
+    if case == "bitrot":  # one flipped byte inside x's data: only the checksum can tell
+        raw = bytearray(path.read_bytes())
+        at = raw.find(np.arange(12.0).tobytes())
+        assert at > 0 and raw.find(np.arange(12.0).tobytes(), at + 1) < 0
+        raw[at + 8 * 5 + 3] ^= 0x10
+        path.write_bytes(bytes(raw))
     with pytest.raises(h5io.H5Error, match=match) as err:
         h5io.read(path, shapes, **kw)
     assert str(path) in str(err.value)

@@ -91,9 +91,24 @@ def save(ds: Dataset, path, params: dict[str, Any], code_sha256: str = "") -> No
 
 
 def load(path, expect_params: dict[str, Any] | None = None, binary: bool = True) -> Dataset:
-    """Read a data set file written by :func:`save`, checking keys, shapes and (when
-    ``binary``) that labels are +-1."""
+    """Read a data set file written by :func:`save`, checking keys, shapes, that inputs
+    are finite and (when ``binary``) that labels are +-1.
+
+    With ``expect_params``, the sizes they state (``n_train``, ``n_test`` when > 0,
+    ``d``) must match the arrays too: a file whose provenance is right but whose arrays
+    are not is refused before any step computes with it.
+    """
     data = h5io.read(path, SHAPES, step="dataset", expect_params=expect_params)
+    sizes = {"n_train": ("x_train", 0), "n_test": ("x_test", 0), "d": ("x_train", 1)}
+    for key, (name, axis) in sizes.items() if expect_params is not None else ():
+        want = expect_params.get(key)
+        if isinstance(want, int) and want > 0 and data[name].shape[axis] != want:
+            raise h5io.H5Error(f"{path}: dataset '{name}' has shape {data[name].shape}, expected {key} = {want} "
+                               f"along axis {axis} (the file's params say so)")
+    for key in ("x_train", "x_test"):
+        if not np.all(np.isfinite(data[key])):
+            raise h5io.H5Error(f"{path}: dataset '{key}' holds {int((~np.isfinite(data[key])).sum())} "
+                               "non-finite value(s); expected finite inputs")
     for key in ("y_train", "y_test") if binary else ():
         if not np.all(np.isin(data[key], (-1.0, 1.0))):
             raise h5io.H5Error(f"{path}: dataset '{key}' must hold labels in {{-1, +1}}")

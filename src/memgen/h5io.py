@@ -10,10 +10,15 @@ Every file memgen writes carries these root attributes:
 - ``seed``; ``torch_version``, ``numpy_version``.
 
 No wall-clock time is stored and datasets are written without HDF5 object timestamps,
-so the same inputs give byte-identical arrays.
+so the same inputs give byte-identical arrays. Every non-scalar dataset carries a
+Fletcher-32 checksum, so :func:`read` refuses a file whose data bytes were damaged
+(HDF5 does not check raw data otherwise).
 
 Files are written to ``<name>.tmp`` next to the target and renamed into place, so a job
-killed mid-write never leaves a file under the final name.
+killed mid-write never leaves a file under the final name (an older file there stays
+intact). SIGKILL runs no cleanup, so it can leave ``<name>.tmp`` behind: that name never
+ends in the output's suffix, no rule or reader asks for it, and the next write of
+``<name>`` truncates it and renames it into place.
 """
 
 from __future__ import annotations
@@ -82,7 +87,10 @@ def write(
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             for name in sorted(arrays):
-                f.create_dataset(name, data=_to_numpy(arrays[name]), track_times=False)
+                data = _to_numpy(arrays[name])
+                # Fletcher-32 checksums (chunked layout; scalars cannot have them): a flipped
+                # byte in the data then fails the read instead of returning wrong numbers
+                f.create_dataset(name, data=data, track_times=False, fletcher32=data.ndim > 0)
             f.flush()
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

@@ -8,8 +8,10 @@ place that knows the block's layout) and summarises the HDF5 outputs into tidy C
   (mean, 10/90% quantiles, standard error of the mean) and the closed form
   (:func:`memgen.theory.linear_gd_risk`), risk and per-group weight errors;
 - ``two_layer``: one row per (init, logged step): the two-layer linear network, the
-  reduced (u, z) ODE and the linearised (lazy) network;
-- ``jacobian``: singular values of the network Jacobian at init and after training;
+  reduced (u, z) ODE and the linearised (lazy) network; ``diverged`` marks a network
+  whose GD blew up (non-finite risk or weights);
+- ``jacobian``: singular values of the network Jacobian at init and after training
+  (NaN after training when the run diverged);
 - ``modelwise``: test risk vs n/p, empirical (min-norm least squares, oracle early
   stopped gradient flow) and theory, per SNR;
 - ``key_numbers``: (metric, where, value): max deviation from the closed form, bump
@@ -220,7 +222,8 @@ def _two_layer(runs: list[Path], theories: list[Path]) -> tuple[pd.DataFrame, pd
         t = h5io.read(tpath, THEORY_TWO_LAYER_SHAPES, step="dd_theory_two_layer", expect_params={"run": p})
         df = pd.DataFrame({"init": p["name"], "scale": p["scale"], "step": r["step"].astype(int),
                            "risk": r["risk"], "loss": r["loss"], "risk_ode": t["risk_ode"],
-                           "risk_lazy": t["risk_lazy"], "noise_var": p["data"]["noise_std"] ** 2})
+                           "risk_lazy": t["risk_lazy"], "noise_var": p["data"]["noise_std"] ** 2,
+                           "diverged": bool(r.attrs.get("diverged", False))})
         for g, name in enumerate(("fast", "slow")):
             df[f"werr_{name}"] = r["werr"][:, g]
             df[f"werr_{name}_ode"] = t["werr_ode"][:, g]
@@ -230,7 +233,8 @@ def _two_layer(runs: list[Path], theories: list[Path]) -> tuple[pd.DataFrame, pd
             sv = r[f"jac_sv_{when}"]
             jac.append(pd.DataFrame({"init": p["name"], "scale": p["scale"], "when": when,
                                      "index": np.arange(1, len(sv) + 1), "sv": sv,
-                                     "w_share": r[f"jac_share_{when}"]}))
+                                     "w_share": r[f"jac_share_{when}"],
+                                     "diverged": bool(r.attrs.get("diverged", False))}))
     return pd.concat(frames, ignore_index=True), pd.concat(jac, ignore_index=True)
 
 

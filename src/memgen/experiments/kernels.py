@@ -43,7 +43,25 @@ def check(kb: dict) -> list[str]:
             out.append(f"{key}: contains duplicates {kb[a][b]}")
     if len(set(kb["cifar"]["classes"])) != 2:
         out.append(f"cifar.classes: need two different classes, got {kb['cifar']['classes']}")
+    out += _cifar_problems(kb["cifar"])
     return out
+
+
+def _cifar_problems(c: dict) -> list[str]:
+    """``cifar.enabled: true`` needs every batch under ``root`` (``auto`` skips CIFAR
+    without them; nothing is downloaded)."""
+    from memgen.data import CIFAR_FILES
+
+    if c["enabled"] is not True:
+        return []
+    root = Path(c["root"])
+    missing = [f for f in CIFAR_FILES if not (root / f).is_file()]
+    if not missing:
+        return []
+    what = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
+    return [f"cifar.root: {str(root)!r} ({root.resolve()}) {what}; cifar.enabled: true expects the CIFAR-10 "
+            f"python batches {', '.join(CIFAR_FILES)} there (extract cifar-10-python.tar.gz; memgen does not "
+            "download), or set cifar.enabled: auto to skip CIFAR when they are missing"]
 
 
 def cifar_enabled(kb: dict) -> bool:
@@ -152,8 +170,10 @@ def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> None:
         p = d.params
         base = {"dataset": p["dataset"]["name"], "n_train": p["n_train"], "seed": p["seed"],
                 "h": p["model"]["h"], "L": p["model"]["L"]}
-        rows += [{**base, "method": m, "accuracy": float(d[f"acc_{m}"])} for m in METHODS]
-    write_csv(pd.DataFrame(rows, columns=["dataset", "n_train", "seed", "h", "L", "method", "accuracy"]),
+        # diverged: GD of the trained network blew up (its accuracy is NaN); kernel methods never do
+        rows += [{**base, "method": m, "accuracy": float(d[f"acc_{m}"]),
+                  "diverged": m == "trained" and bool(d.attrs.get("diverged", False))} for m in METHODS]
+    write_csv(pd.DataFrame(rows, columns=["dataset", "n_train", "seed", "h", "L", "method", "accuracy", "diverged"]),
                outputs["accuracy"])
     rows = []
     for path in inputs.get("convergence", []):

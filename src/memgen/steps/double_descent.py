@@ -85,14 +85,17 @@ def dd_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", 
                                      seed=params["init_seed"])
         k = torch.from_numpy(linear.logged_steps(params["steps"], params["n_logged"]))
         sv0, share0 = linear.jacobian_spectrum(X, run.W0, run.v0)
-        sv1, share1 = linear.jacobian_spectrum(X, run.W, run.v)
+        diverged = not (torch.isfinite(run.risk).all() and torch.isfinite(run.W).all() and torch.isfinite(run.v).all())
+        # a diverged network has no spectrum (the SVD refuses non-finite input): NaN, recorded as diverged
+        sv1, share1 = ((torch.full_like(sv0, torch.nan), torch.full_like(share0, torch.nan)) if diverged
+                       else linear.jacobian_spectrum(X, run.W, run.v))
     w = run.w[k]
     arrays = {"step": k, "risk": run.risk[k], "loss": run.loss[k], "w": w,
               "werr": linear.group_weight_error(w, theta, (d["d_fast"], d["d_slow"])),
               "X": X, "y": y, "W0": run.W0, "v0": run.v0, "W": run.W, "v": run.v, "s": s, "theta": theta,
               "jac_sv_init": sv0, "jac_share_init": share0, "jac_sv_final": sv1, "jac_share_final": share1}
     h5io.write(output, arrays, step="dd_two_layer", params=params, seed=params["init_seed"],
-               code_sha256=code_hash("dd_two_layer"), attrs={"diverged": bool(not torch.isfinite(run.risk).all())})
+               code_sha256=code_hash("dd_two_layer"), attrs={"diverged": bool(diverged)})
 
 
 def dd_theory_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
