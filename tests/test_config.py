@@ -48,6 +48,8 @@ CASES = [
     ((TS, "loss", "name"), "logistic", "time_scale.loss.name"),
     ((TS, "alphas"), [1.0, 0.0], "time_scale.alphas[1]"),
     ((TS, "alphas"), [-1.0], "time_scale.alphas[0]"),
+    ((TS, "alphas"), [1.0, 1e-200], "time_scale.alphas[1]"),  # 1/alpha^2 overflows: used to crash the train step
+    ((TS, "alphas"), [1e200], "time_scale.alphas[0]"),  # 1/alpha^2 underflows to 0: the flow would not move
     ((TS, "dataset"), {"k": 2, "d": 6, "n_train": 24, "n_test": 41}, "time_scale.dataset.n_train"),
     ((TS, "alphas"), [1.0, 2.0, 1.0], "time_scale.alphas"),
     (("device",), "tpu", "device"),
@@ -113,6 +115,8 @@ def test_missing_file():
 # (path, value, what the one message line must say: key, offending value, what is allowed)
 MESSAGES = [
     ((TS, "widths"), [16, -4], r"^time_scale\.widths\[1\]: -4 is out of range; must be >= 1$"),
+    ((TS, "alphas"), [1.0, 0.0], r"^time_scale\.alphas\[1\]: 0\.0 is out of range; must be >= 1e-100$"),
+    ((TS, "alphas"), [1e200], r"^time_scale\.alphas\[0\]: 1e\+200 is out of range; must be <= 1e\+100$"),
     ((TS, "model", "activation"), "gelu",
      r"^time_scale\.model\.activation: 'gelu' is not allowed; allowed: 'relu', 'tanh', 'softplus'$"),
     ((TS, "dataset"), {"k": 7, "d": 6, "n_train": 10, "n_test": 10},
