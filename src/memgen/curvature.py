@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from memgen import MemgenError
+from memgen.progress import Progress, format_duration
 
 HVPFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -96,19 +97,25 @@ def finite_difference_hvp(grad_fn: Callable[[torch.Tensor], torch.Tensor], w: to
     return (grad_fn(w + r * v) - grad_fn(w - r * v)) / (2 * r)
 
 
-def hessian_matrix(hvp_fn: HVPFn, like: torch.Tensor | int) -> torch.Tensor:
+def hessian_matrix(hvp_fn: HVPFn, like: torch.Tensor | int, progress: str | None = None) -> torch.Tensor:
     """Dense (P, P) matrix of the linear map hvp_fn, built column by column
     H[:, j] = hvp_fn(e_j) (P HVPs), then symmetrized (H + H^T) / 2.
 
     ``like``: a (P,) tensor giving size, dtype and device, or P (float64, CPU).
+    ``progress``: label of progress lines (memgen.progress) on stderr; None: silent.
     """
     e = _like(like)
     P = e.numel()
     cols = []
+    bar = Progress(progress, P, unit="HVP", message=f"dense {P}x{P} Hessian") if progress else None
     for j in range(P):
         e.zero_()
         e[j] = 1
         cols.append(hvp_fn(e.clone()).reshape(-1))
+        if bar is not None:
+            bar.update(j + 1)
+    if bar is not None:
+        bar.finish()
     H = torch.stack(cols, dim=1)
     return (H + H.T) / 2
 
@@ -357,12 +364,14 @@ def _damped(hvp_fn: HVPFn, damping: float) -> HVPFn:
     return hvp_fn if damping == 0 else (lambda u: hvp_fn(u) + damping * u)
 
 
-def exact_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, max_dim: int = 4096):
-    """x = (H + damping I)^{-1} v with H built from P HVPs; info: hvps, residual, matrix."""
+def exact_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, max_dim: int = 4096,
+                progress: str | None = None):
+    """x = (H + damping I)^{-1} v with H built from P HVPs; info: hvps, residual, matrix.
+    ``progress``: label of progress lines (memgen.progress); None: silent."""
     if v.numel() > max_dim:
         raise MemgenError(f"method='exact' builds the {v.numel()}x{v.numel()} Hessian; "
                           f"P > max_dim={max_dim}: use method='cg' or raise max_dim")
-    A = hessian_matrix(hvp_fn, v)
+    A = hessian_matrix(hvp_fn, v, progress=progress)
     A = A + damping * torch.eye(len(v), dtype=A.dtype, device=A.device)
     x = torch.linalg.solve(A, v)
     res = float((A @ x - v).norm() / v.norm()) if v.norm() > 0 else 0.0
@@ -370,7 +379,8 @@ def exact_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, max_dim: i
 
 
 def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 1e-10,
-             max_iter: int | None = None, callback: Callable[[int, torch.Tensor], None] | None = None):
+             max_iter: int | None = None, callback: Callable[[int, torch.Tensor], None] | None = None,
+             progress: str | None = None):
     """Conjugate gradient for A x = v, A = H + damping I symmetric positive definite.
 
     x_0 = 0, r_0 = p_0 = v; alpha_k = r_k.r_k / p_k.A p_k; x += alpha p; r -= alpha A p;
@@ -382,6 +392,11 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
 
     ``callback(k, x_k)``, if given, is called after every iteration k >= 1 (x_k must
     not be modified; e.g. to record the error of every iterate against a reference).
+
+    ``progress``: label of progress lines (memgen.progress) on stderr, None: silent. Their
+    ETA is to ``max_iter``, an upper bound (``eta <= ...``); the message adds the time to
+    ``tol`` extrapolated from the decades of residual gained so far (CG's residual falls
+    roughly geometrically), an estimate.
 
     Returns:
       (x, info) with info: iterations, residual (recursive), true_residual, hvps,
@@ -400,6 +415,8 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
     rho = _dot(r, r)
     hist = [1.0]
     k = 0
+    bar = (Progress(progress, max_iter, unit="iter", bound=True, message=f"conjugate gradient, P={P}, tol={tol:g}")
+           if progress else None)
     while hist[-1] > tol and k < max_iter:
         Ap = A(p)
         pAp = _dot(p, Ap)
@@ -417,13 +434,26 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
         hist.append(float(rho.sqrt()) / vnorm)
         if callback is not None:
             callback(k, x)
+        if bar is not None and bar.due():
+            bar.update(k, _residual_message(hist[-1], tol, bar.elapsed()))
     true_res = float((v - A(x)).norm()) / vnorm
     converged = hist[-1] <= tol
+    if bar is not None:
+        bar.finish(k, f"relative residual {hist[-1]:.3g}{'' if converged else ' (not converged)'}")
     if not converged:
         warnings.warn(f"conjugate gradient stopped after {k} iterations at relative residual "
                       f"{hist[-1]:.3g} > tol={tol:g}", RuntimeWarning, stacklevel=3)
     return x, {"iterations": k, "residual": hist[-1], "true_residual": true_res, "hvps": k + 1,
                "residual_history": hist, "converged": converged}
+
+
+def _residual_message(res: float, tol: float, elapsed: float) -> str:
+    """Residual, and the time to ``tol`` at the mean rate in decades per second so far."""
+    gained = -math.log10(res) if res > 0 else math.inf
+    if not 0 < gained < math.inf or elapsed <= 0:
+        return f"residual {res:.3g} (tol {tol:g})"
+    left = max(math.log10(res / tol), 0.0) * elapsed / gained
+    return f"residual {res:.3g} (tol {tol:g}, ~{format_duration(left)} at this rate)"
 
 
 def lissa_scale(lambda_max: float, damping: float = 0.0) -> float:
@@ -443,7 +473,7 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
                 depth: int = 1000, repeats: int = 1, batch_hvps: Sequence[HVPFn] | None = None,
                 seed: int = 0, lambda_max: float | None = None, record: str = "norm",
                 record_every: int = 1, max_growth: float = 1e3,
-                callback: Callable[[int, torch.Tensor], bool] | None = None):
+                callback: Callable[[int, torch.Tensor], bool] | None = None, progress: str | None = None):
     """LiSSA: x = (H + damping I)^{-1} v by the scaled Neumann recursion.
 
     With scale s and (mini-batch) Hessian estimates H_j (E[H_j] = H),
@@ -477,6 +507,8 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
       record: "norm" (||x_j||) or "iterate" (x_j itself) every ``record_every`` steps.
       callback: called as callback(j, x_j) at the recorded steps; returning True ends
         the current repeat there (its estimate is that x_j).
+      progress: label of progress lines (memgen.progress) on stderr, over the
+        depth * repeats steps; None: silent.
 
     Returns:
       (x, info) with info: scale, lambda_max, depth, repeats, hvps (incl. the power
@@ -511,6 +543,8 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
         steps.append(depth)
     record_at = set(steps)
     estimates, paths, used = [], [], []
+    bar = (Progress(progress, depth * repeats, unit="step", message=f"LiSSA scale={scale:.4g}, depth={depth}, "
+                    f"repeats={repeats}{', mini-batch' if batch_hvps is not None else ''}") if progress else None)
     for rep in range(repeats):
         h = v.clone()
         path = []
@@ -528,6 +562,8 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
                     f"{rep} with scale={scale:.4g} (lambda_max ~ {lambda_max:.4g}, damping={damping}); "
                     f"H + damping I may not be positive definite (increase damping) or a mini-batch "
                     f"Hessian exceeds 2 scale (try scale={2 * lissa_scale(lambda_max, damping):.4g})")
+            if bar is not None and bar.due():
+                bar.update(rep * depth + j, f"repeat {rep + 1}/{repeats} ||x_j|| {hn / scale:.4g}")
             if j in record_at:
                 path.append(hn / scale if record == "norm" else (h / scale).clone())
                 if callback is not None and callback(j, h / scale):
@@ -535,6 +571,8 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
         used.append(j)
         estimates.append(h / scale)
         paths.append(torch.tensor(path, dtype=torch.float64) if record == "norm" else torch.stack(path))
+    if bar is not None:
+        bar.finish(sum(used))
     est = torch.stack(estimates)
     info = {"scale": float(scale), "lambda_max": float(lambda_max), "damping": damping, "depth": depth,
             "repeats": repeats, "hvps": hvps, "path_steps": steps, "path": paths, "steps": used,
@@ -579,7 +617,7 @@ def regularized_loss(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor
 
 
 def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0,
-        method: str = "lbfgs", tol: float = 1e-10, max_iter: int = 5000) -> dict:
+        method: str = "lbfgs", tol: float = 1e-10, max_iter: int = 5000, progress: str | None = None) -> dict:
     """Minimize R(w) = mean loss + (l2/2)||w||^2 full batch, in place, from the model's
     current parameters, until ||grad R|| <= tol or ``max_iter`` iterations.
 
@@ -587,9 +625,13 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
     residual 1e-12, backtracking on R; for convex R, quadratic convergence).
     ``"lbfgs"``: scipy's L-BFGS-B (history 20) on float64 copies of w, restarted when it
     stops at the rounding level before the tolerance.
+    ``progress``: label of progress lines (memgen.progress) on stderr, their ETA to
+    ``max_iter`` an upper bound; None: silent.
     Returns {"grad_norm", "iterations", "loss"}.
     """
     params = module_params(model)
+    bar = (Progress(progress, max_iter, unit="iter", bound=True,
+                    message=f"{method} to ||grad R|| <= {tol:g}, {x.shape[0]} points") if progress else None)
 
     def objective():
         return regularized_loss(model, loss_fn, x, y, l2)
@@ -608,6 +650,8 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
                 g = g + l2 * w
             if float(g.norm()) <= tol:
                 break
+            if bar is not None and bar.due():
+                bar.update(it, f"||grad R|| {float(g.norm()):.3g}")
             hvp_fn = _damped(make_module_hvp(model, loss_fn, batches, cache_graph=True), l2)
             p, _ = cg_solve(hvp_fn, g, tol=1e-12, max_iter=10 * g.numel())
             with torch.no_grad():
@@ -635,8 +679,16 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
             return float(out.detach()), torch.cat([t.reshape(-1) for t in g]).detach().cpu().double().numpy()
 
         wn = w0.detach().cpu().double().numpy()
+        done = [0]  # L-BFGS-B iterations of this minimize call, for the progress lines only
+
+        def on_iteration(intermediate_result):
+            done[0] += 1
+            if bar.due():
+                bar.update(it + done[0], f"R {intermediate_result.fun:.10g}")
+
         for _ in range(5):  # L-BFGS-B may stop early on a line search at rounding level: restart
-            res = minimize(fun, wn, jac=True, method="L-BFGS-B",
+            done[0] = 0
+            res = minimize(fun, wn, jac=True, method="L-BFGS-B", callback=on_iteration if bar is not None else None,
                            options={"maxiter": max_iter - it, "maxfun": 2 * max_iter, "gtol": tol / math.sqrt(len(wn)),
                                     "ftol": 0.0, "maxcor": 20})
             wn, it = res.x, it + int(res.nit)
@@ -647,7 +699,10 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
         raise MemgenError(f"fit: unknown method {method!r} (newton, lbfgs)")
     with torch.no_grad():
         loss = float(objective())
-    return {"grad_norm": grad_norm(), "iterations": int(it), "loss": loss}
+    info = {"grad_norm": grad_norm(), "iterations": int(it), "loss": loss}
+    if bar is not None:
+        bar.finish(it, f"||grad R|| {info['grad_norm']:.3g}, R {loss:.10g}")
+    return info
 
 
 def leave_one_out(model: nn.Module, loss_fn, train_x: torch.Tensor, train_y: torch.Tensor,

@@ -40,6 +40,7 @@ from torch import nn
 
 from memgen import MemgenError
 from memgen.models import FC, FlatFC
+from memgen.progress import Progress
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries the Gram builders may use
 # Diagonal blocks of a symmetric Gram at most this size are computed whole; larger ones
@@ -188,12 +189,18 @@ def _gram_block(fa, fb, r0, r1, c0, c1) -> torch.Tensor:
     return acc
 
 
-def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = False) -> torch.Tensor:
+def _gram_entries(n1: int, n2: int, symmetric: bool = False) -> int:
+    """Number of entries :func:`_gram` computes (its progress total)."""
+    return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in symmetric_tiles(n1)) if symmetric else n1 * n2
+
+
+def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = False,
+          bar: Progress | None = None) -> torch.Tensor:
     """sum_l (A_l A'_l^T + b) o (D_l D'_l^T) (b = 1 with biases), each block in row
     panels of at most ``memory_budget`` bytes of temporaries. ``symmetric`` (fa is fb):
     only the blocks of :func:`symmetric_tiles` are computed and mirrored, about half the
     products of the full square, in blocks still large enough for BLAS to run at full
-    rate; the result is exactly symmetric."""
+    rate; the result is exactly symmetric. ``bar`` advances by the entries of each block."""
     a0 = fa[0][0]
     n1, n2 = a0.shape[0], fb[0][0].shape[0]
     K = a0.new_empty(n1, n2)
@@ -205,6 +212,8 @@ def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = 
             K[q0:q1, c0:c1] = block
             if c0 != r0:  # off-diagonal block of a symmetric Gram
                 K[c0:c1, q0:q1] = block.t()
+            if bar is not None:
+                bar.advance((q1 - q0) * (c1 - c0))
         if symmetric and c0 == r0:  # a diagonal block computed whole: make it exactly symmetric
             D = K[r0:r1, r0:r1]
             D.copy_((D + D.t()).mul_(0.5))
@@ -336,12 +345,23 @@ def ntk_gram_blocks(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tenso
                 _gram(fte, fte, memory_budget, True))
 
 
-def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: torch.Tensor):
-    """(K_train_train, K_test_train, K_test_test), sharing one forward pass per set."""
+def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: torch.Tensor,
+               progress: str | None = None):
+    """(K_train_train, K_test_train, K_test_test), sharing one forward pass per set.
+    ``progress``: label of progress lines (memgen.progress, Gram entries) on stderr."""
+    n, m = len(x_train), len(x_test)
+    bar = None
+    if progress:
+        total = _gram_entries(n, n, True) + m * n + _gram_entries(m, m, True)
+        bar = Progress(progress, total, unit="entry", message=f"NTK Gram blocks of {n} train, {m} test points")
     with torch.no_grad():
         chain = _fc_chain(model, w)
         ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
-        return _gram(ftr, ftr, symmetric=True), _gram(fte, ftr), _gram(fte, fte, symmetric=True)
+        out = (_gram(ftr, ftr, symmetric=True, bar=bar), _gram(fte, ftr, bar=bar),
+               _gram(fte, fte, symmetric=True, bar=bar))
+    if bar is not None:
+        bar.finish()
+    return out
 
 
 def relative_change(K0: torch.Tensor, K1: torch.Tensor) -> float:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from memgen import MemgenError
+from memgen.progress import Progress
 
 DTYPE = torch.float64
 
@@ -115,7 +116,8 @@ def _normal_equations(X, y):
     return A, b
 
 
-def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None) -> torch.Tensor:
+def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None,
+              progress: str | None = None) -> torch.Tensor:
     """Full-batch GD on ``L(w) = 1/(2n) ||X w - y||^2``:
     ``w_{k+1} = w_k - lr * X^T (X w_k - y) / n``.
 
@@ -123,6 +125,7 @@ def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None
     ``X`` may carry leading batch axes (…, n, d) with y (…, n): independent runs.
     Returns the weights at steps ``0..steps`` (shape (steps+1, …, d)), or only at the
     steps listed in ``record`` (shape (len(record), …, d)). ``w0`` defaults to zero.
+    ``progress``: label of progress lines (memgen.progress) on stderr; None: silent.
     """
     A, b = _normal_equations(X, y)
     d = A.shape[-1]
@@ -137,6 +140,8 @@ def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None
     # numpy inside: batched small mat-vecs are several times faster than torch.bmm on CPU
     A_, b_, w_, lr_ = A.numpy(), b.numpy(), w.numpy().copy(), lr.numpy()
     out = []
+    runs = int(np.prod(b.shape[:-1]))
+    bar = Progress(progress, steps, unit="step", message=f"{runs} run(s), d={d}") if progress else None
     for k in range(steps + 1):
         if k in wanted:
             out.append(w_.copy())
@@ -144,6 +149,10 @@ def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None
             break
         grad = np.einsum("...ij,...j->...i", A_, w_) - b_
         w_ -= lr_ * grad
+        if bar is not None:
+            bar.update(k + 1)
+    if bar is not None:
+        bar.finish(steps)
     return torch.from_numpy(np.stack(out))
 
 
@@ -223,13 +232,15 @@ def two_layer_init(d: int, p: int, init: str = "gaussian", scale=0.1, seed: int 
 
 
 def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 50,
-                    init: str = "gaussian", scale=0.1, seed: int = 0, W0=None, v0=None) -> TwoLayerRun:
+                    init: str = "gaussian", scale=0.1, seed: int = 0, W0=None, v0=None,
+                    progress: str | None = None) -> TwoLayerRun:
     """Full-batch GD on ``L(W, v) = 1/(2n) sum_k (y_k - v^T W x_k)^2``.
 
     With ``g = X^T (y - X w) / n`` and ``w = W^T v``, one step is
     ``W <- W + lr_W v g^T``, ``v <- v + lr_v W g`` (both gradients at the old point).
     ``lr``: one step size or (lr_W, lr_v). Initial layers from :func:`two_layer_init`
     unless ``W0``, ``v0`` are given. Risk is the exact population risk of ``W^T v``.
+    ``progress``: label of progress lines (memgen.progress) on stderr; None: silent.
     """
     X, y = _t(X), _t(y)
     n, d = X.shape
@@ -240,6 +251,7 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
     A, b = _normal_equations(X, y)
     yy = float(y @ y) / n
     ws = torch.empty(steps + 1, d, dtype=DTYPE)
+    bar = Progress(progress, steps, unit="step", message=f"n={n} d={d} p={W.shape[0]}") if progress else None
     for k in range(steps + 1):
         w = W.T @ v
         ws[k] = w
@@ -247,6 +259,10 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
             break
         g = b - A @ w
         W, v = W + lr_W * torch.outer(v, g), v + lr_v * (W @ g)
+        if bar is not None:
+            bar.update(k + 1)
+    if bar is not None:
+        bar.finish(steps)
     risk = population_risk(ws, s, theta, noise_std)
     # 1/(2n)||Xw - y||^2 = (w^T A w - 2 b^T w + y^T y / n) / 2
     loss = 0.5 * (((ws @ A) * ws).sum(-1) - 2 * ws @ b + yy)

@@ -19,6 +19,16 @@ Two problems share the loop:
 Runs can resume: :func:`run` saves its full state to ``resume_path`` every
 ``resume_every_s`` seconds (atomically) and, given an existing resume file from the
 same parameters, continues from it to the same arrays an uninterrupted run gives.
+
+Progress (:mod:`memgen.progress`, on stderr): a line at the start (points, limits), one
+every ``progress_every_s`` seconds (default ``$MEMGEN_PROGRESS_EVERY`` or 10) and one at
+the end. The number of steps to convergence is unknown in advance, so the ETA printed
+is an upper bound, ``eta <= X (limit)``: the time until the first hard limit stops the
+run -- max_wall exactly, max_steps at this process's mean step rate, max_time at the
+rate t advanced since the previous line (linear extrapolation; dt usually grows late in
+a run, so t speeds up rather than slows down). A run that reaches the margin stops
+earlier; how close it is shows in ``fit=k/n`` (training points at margin >= 1) and
+``margin_min``.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import torch
 from memgen import MemgenError, h5io
 from memgen.dynamics import FlowDiverged, flow, loglinspace, momentum_step, relative_change
 from memgen.losses import Loss
-from memgen.progress import Progress
+from memgen.progress import Progress, format_duration
 
 NORMALIZATIONS = ("article", "code")
 
@@ -207,8 +217,9 @@ class RunResult:
 
 def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | None = None,
         resume_every_s: float = 300.0, resume_params: dict | None = None,
-        progress_every_s: float = 10.0, label: str = "train") -> RunResult:
-    """Integrate ``problem`` until the margin is reached or a limit hits (module doc)."""
+        progress_every_s: float | None = None, label: str = "train") -> RunResult:
+    """Integrate ``problem`` until the margin is reached or a limit hits; progress lines
+    labelled ``label`` every ``progress_every_s`` seconds (module doc)."""
     loss = cfg.loss
     history: dict[str, list] = {k: [] for k in RECORD_KEYS}
     F_train, F_test = [], []
@@ -259,9 +270,14 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
         return (dgrad < limits[0] and dout < limits[1]), (dgrad < limits[0] / 2 and dout < limits[1] / 2)
 
     tau = cfg.tau
-    progress = Progress(label, every=progress_every_s)
+    n_train = len(prep.z)
+    progress = Progress(label, every=progress_every_s, unit="step", initial=step, bound=True,
+                        message=f"{n_train} points to margin 1, limits max_steps={cfg.max_steps} "
+                                f"max_time={cfg.max_time:g} max_wall={format_duration(cfg.max_wall)}"
+                                + (f", resumed at t={t:.4g}" if resumed is not None else ""))
     wall0 = time.perf_counter()
     last_save = wall0
+    mark = (wall0, t)  # wall clock and t at the previous progress line: the recent rate of t
     if not status["diverged"] and not _margin_reached(prep):
         _TERM["deferred"] = resume_path is not None
         stepper = flow(state, problem.prepare, lambda s, p, h: problem.make_step(s, p, h, tau), compare,
@@ -288,8 +304,13 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
                     break
                 now = time.perf_counter()
                 if now - progress.last >= progress.every:  # build the line only when it is printed
+                    t_rate = (t - mark[1]) / (now - mark[0]) if now > mark[0] else math.nan
+                    eta, limit = _eta_to_limit(cfg, step, t, now - wall0, progress.rate(step, now), t_rate)
                     progress.update(step, f"t={t:.4g} dt={fs.dt:.2g} margin_min={float(prep.z.min()):.3f} "
-                                          f"train_err={float((prep.z <= 0).double().mean()):.3f}")
+                                          f"fit={int((prep.z >= 1).sum())}/{n_train} "
+                                          f"train_err={float((prep.z <= 0).double().mean()):.3f}",
+                                    force=True, eta=eta, eta_note=f"({limit})" if limit else "")
+                    mark = (now, t)
                 if resume_path is not None and (now - last_save >= resume_every_s or _TERM["requested"]):
                     _save_resume(resume_path, resume_params, state, t, fs.next_dt, step,
                                  history, F_train, F_test, status, next_ckpt)
@@ -305,10 +326,26 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
         status["stop_reason"] = status["stop_reason"] or "converged"
         if status["stop_reason"] == "converged":
             status.update(converged=True, t_fit=0.0, step_fit=0)
-    progress.update(step, f"stopped: {status['stop_reason']} at t={t:.4g}", force=True)
+    progress.finish(step, f"stopped: {status['stop_reason']} at t={t:.4g}")
     records = {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in history.items()}
     final = {k: v.detach().cpu().numpy() for k, v in problem.final(state).items()}
     return RunResult(records, np.stack(F_train), np.stack(F_test), final, status)
+
+
+def _eta_to_limit(cfg: FlowConfig, step: int, t: float, wall: float, step_rate: float,
+                  t_rate: float) -> tuple[float | None, str]:
+    """Seconds until the first hard limit stops the run, and its name (module doc): an
+    upper bound on the time left, as a run that converges stops earlier."""
+    left = {"max_wall": cfg.max_wall - wall}
+    if step_rate > 0:
+        left["max_steps"] = (cfg.max_steps - step) / step_rate
+    if t_rate > 0:
+        left["max_time"] = (cfg.max_time - t) / t_rate
+    finite = {k: max(v, 0.0) for k, v in left.items() if math.isfinite(v)}
+    if not finite:
+        return None, ""
+    name = min(finite, key=finite.get)
+    return finite[name], name
 
 
 def _margin_reached(prep: Prep) -> bool:

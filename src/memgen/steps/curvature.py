@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from memgen import MemgenError, h5io
+from memgen.progress import Progress
 from memgen.provenance import code_hash
 # Inverse Hessian-vector products and influence functions (Koh & Liang 2017; seed 003).
 # Library: memgen.curvature. Params are built by memgen.experiments.curvature.
@@ -136,7 +137,8 @@ def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu
 
     (xtr, ytr, xte, yte), _ = _cv_load(inputs, params, with_model=False)
     model = _cv_model(params["model"], xtr.shape[1])
-    info = cv.fit(model, _cv_bce, xtr, ytr, l2=params["l2"], **params["fit"])
+    info = cv.fit(model, _cv_bce, xtr, ytr, l2=params["l2"], **params["fit"],
+                  progress=f"curvature_train {Path(output).stem}")
     with torch.no_grad():
         out_tr, out_te = model(xtr).squeeze(-1), model(xte).squeeze(-1)
         loss = torch.nn.functional.binary_cross_entropy_with_logits
@@ -171,7 +173,8 @@ def curvature_influence(inputs: dict, output: Path, params: dict, device: str = 
     r = h5io.read(inputs["train"], {"test_losses": (None,)}, step="curvature_train", expect_params=tp)
     ti = _cv_test_index(params, r["test_losses"])
     inf = cv.influence_on_test_loss(model, _cv_bce, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], damping=params["damping"],
-                                    method="cg", l2=tp["l2"], cache_graph=True, vectorized=False, tol=params["cg_tol"])
+                                    method="cg", l2=tp["l2"], cache_graph=True, vectorized=False, tol=params["cg_tol"],
+                                    progress=f"curvature_influence {Path(output).stem} cg")
     pred = inf.removal_change.numpy()
     n = len(pred)
     sel = params["select"]
@@ -203,14 +206,17 @@ def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu",
     ti = int(inf.attrs["test_index"])
     sel = inf["selected"]
     actual, grad_norms, iters = [], [], []
+    bar = Progress(f"curvature_loo {Path(output).stem}", len(sel), unit="retrain",
+                   message=f"leave-one-out retrainings of {len(ytr)} points")
     for k, i in enumerate(sel):
         a, infos = cv.leave_one_out(model, _cv_bce, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], [int(i)], l2=tp["l2"],
                                     **params["fit"])
         actual.append(float(a[0]))
         grad_norms.append(infos[0]["grad_norm"])
         iters.append(infos[0]["iterations"])
-        print(f"loo {Path(output).stem}: {k + 1}/{len(sel)} point {int(i)} actual {actual[-1]:.4g} "
-              f"predicted {float(inf['predicted'][i]):.4g} grad {grad_norms[-1]:.2g}", flush=True)
+        bar.update(k + 1, f"point {int(i)} actual {actual[-1]:.4g} predicted {float(inf['predicted'][i]):.4g} "
+                          f"grad {grad_norms[-1]:.2g}")
+    bar.finish()
     h5io.write(output, {"selected": sel, "actual": np.asarray(actual), "predicted": inf["predicted"][sel],
                         "selected_top": inf["selected_top"], "grad_norm": np.asarray(grad_norms),
                         "iterations": np.asarray(iters)},
@@ -236,7 +242,8 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
     l2, damping, n = tp["l2"], ip["damping"], len(ytr)
     data_hvp = cv.make_module_hvp(model, _cv_bce, [(xtr, ytr)], cache_graph=True)
     hvp_fn = lambda u: data_hvp(u) + l2 * u  # noqa: E731  (Hessian of the regularized objective)
-    ref, _ = cv.inverse_hvp(hvp_fn, v, method="exact", damping=damping)
+    label = f"curvature_solvers {Path(output).stem}"
+    ref, _ = cv.inverse_hvp(hvp_fn, v, method="exact", damping=damping, progress=f"{label} exact")
     err = lambda x: float((x - ref).norm() / ref.norm())  # noqa: E731
     rows = {"method": [], "hvps": [], "rel_error": []}
 
@@ -247,7 +254,7 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
 
     add("cg", 0, 1.0)
     _, cg_info = cv.inverse_hvp(hvp_fn, v, method="cg", damping=damping, tol=params["cg_tol"],
-                                callback=lambda k, x: add("cg", k, err(x)))
+                                callback=lambda k, x: add("cg", k, err(x)), progress=f"{label} cg")
     lp = params["lissa"]
     lam, pinfo = cv.top_eigenvalue(hvp_fn, v, iters=200, tol=1e-6, return_info=True)
     runs = [(f"lissa_full_x{f:g}", None, f * (lam + damping), 1.0) for f in lp["scale_factors"]]
@@ -262,7 +269,8 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
         add(name, pinfo["hvps"], 1.0)
         _, info = cv.inverse_hvp(hvp_fn, v, method="lissa", damping=damping, scale=scale, depth=int(lp["depth"]),
                                  batch_hvps=batch_hvps, lambda_max=lam, record="iterate",
-                                 record_every=int(lp["record_every"]), seed=int(lp["seed"]))
+                                 record_every=int(lp["record_every"]), seed=int(lp["seed"]),
+                                 progress=f"{label} {name}")
         for j, xj in zip(info["path_steps"], info["path"][0]):
             add(name, pinfo["hvps"] + cost * j, err(xj))
     methods = sorted(set(rows["method"]))

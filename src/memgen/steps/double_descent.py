@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from memgen import h5io
+from memgen.progress import Progress
 from memgen.provenance import code_hash
 # Linear teacher, GD on linear models / two-layer linear networks (memgen.linear) and
 # their theory (memgen.theory); params built by memgen.experiments.double_descent.
@@ -39,7 +40,8 @@ def dd_linear(inputs: dict, output: Path, params: dict, device: str = "cpu", **_
     with _one_blas_thread():
         X, y = linear.linear_teacher(d["n"], len(s), s, theta, d["noise_std"], seed=params["seed"],
                                      decoupled=d["decoupled"], batch=params["draws"])
-        W = linear.linear_gd(X, y, params["steps"], lr, record=steps)  # (K, draws, d)
+        W = linear.linear_gd(X, y, params["steps"], lr, record=steps,
+                             progress=f"dd_linear {Path(output).stem}")  # (K, draws, d)
     arrays = {"step": steps, "risk": linear.population_risk(W, s, theta, d["noise_std"]),
               "werr": linear.group_weight_error(W, theta, (d["d_fast"], d["d_slow"])),
               "s": s, "theta": theta, "lr": torch.as_tensor(lr, dtype=torch.float64).expand(len(s))}
@@ -82,7 +84,7 @@ def dd_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", 
                                      decoupled=d["decoupled"])
         run = linear.train_two_layer(X, y, s, theta, d["noise_std"], params["steps"], params["lr"],
                                      p=params["hidden"], init=params["init"], scale=params["scale"],
-                                     seed=params["init_seed"])
+                                     seed=params["init_seed"], progress=f"dd_two_layer {Path(output).stem}")
         k = torch.from_numpy(linear.logged_steps(params["steps"], params["n_logged"]))
         sv0, share0 = linear.jacobian_spectrum(X, run.W0, run.v0)
         diverged = not (torch.isfinite(run.risk).all() and torch.isfinite(run.W).all() and torch.isfinite(run.v).all())
@@ -144,6 +146,8 @@ def dd_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", 
     S, R = len(snrs), len(ratios)
     mn, es = np.empty((S, R, draws)), np.empty((S, R, draws))
     t_stop, ratio_used = np.empty((S, R)), np.empty(R)
+    bar = Progress(f"dd_modelwise {Path(output).stem}", R, unit="ratio",
+                   message=f"{draws} draws of p={p} per ratio, {S} SNRs")
     with _one_blas_thread():
         for j, ratio in enumerate(ratios):
             n = int(round(float(ratio) * p))
@@ -168,6 +172,8 @@ def dd_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", 
                 curve = ((g * bv[:, None, :] - c[:, None, :]) ** 2).sum(-1) + sigma**2  # (draws, T)
                 best = int(np.argmin(curve.mean(0)))
                 es[i, j], t_stop[i, j] = curve[:, best], times[best]
+            bar.update(j + 1, f"n/p={ratio_used[j]:.3g}")
+    bar.finish()
     h5io.write(output, {"ratio": ratio_used, "snr": np.asarray(snrs, dtype=np.float64), "risk_min_norm": mn,
                         "risk_early_stopped": es, "t_stop": t_stop, "times": times},
                step="dd_modelwise", params=params, seed=params["seed"], code_sha256=code_hash("dd_modelwise"))

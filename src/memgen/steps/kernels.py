@@ -9,26 +9,35 @@ import torch
 
 from memgen import MemgenError, h5io, kernels
 from memgen.models import FC, FlatFC
+from memgen.progress import Progress
 from memgen.provenance import code_hash
 from memgen.steps.core import DTYPES, _load_dataset, resolve_device
 
 
 def _gd_mse(model: FlatFC, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
-            record=(), on_record=None):
+            record=(), on_record=None, progress: str | None = None):
     """Discrete GD on (1/2n) sum (f(x) - y)^2 from ``w``; ``on_record(step, w, f)`` at the
-    steps in ``record``. Returns (w, f, diverged)."""
+    steps in ``record``; progress lines labelled ``progress`` (None: silent). Returns
+    (w, f, diverged)."""
     n = len(y)
     record = set(int(r) for r in record)
     f = None
+    bar = Progress(progress, steps, unit="step", message=f"GD on {n} points, lr={lr:g}") if progress else None
     for k in range(steps + 1):
         f, cache = model.forward(w, x)
         if not torch.isfinite(f).all():
+            if bar is not None:
+                bar.finish(k, "diverged")
             return w, f, True
         if k in record and on_record is not None:
             on_record(k, w, f)
         if k == steps:
             break
         w = w - lr * model.vjp(cache, (f - y) / n)
+        if bar is not None and bar.due():
+            bar.update(k + 1, f"train loss {float(((f - y) ** 2).mean() / 2):.4g}")
+    if bar is not None:
+        bar.finish(steps, f"train loss {float(((f - y) ** 2).mean() / 2):.4g}")
     return w, f, False
 
 
@@ -60,7 +69,8 @@ def kernel_accuracy(inputs: dict, output: Path, params: dict, device: str = "cpu
     acc["ntk_inf"] = _accuracy(kernels.kernel_regression(ktt_ntk, kst_ntk, y, params["ridge_inf"]), yt)
     acc["nngp_inf"] = _accuracy(kernels.kernel_regression(ktt_nngp, kst_nngp, y, params["ridge_inf"]), yt)
     flat = net.flat()
-    w, _, diverged = _gd_mse(flat, net.flat_parameters(), x, y, params["train"]["lr"], params["train"]["steps"])
+    w, _, diverged = _gd_mse(flat, net.flat_parameters(), x, y, params["train"]["lr"], params["train"]["steps"],
+                             progress=f"kernel_accuracy {Path(output).stem}")
     with torch.no_grad():
         acc["trained"] = float("nan") if diverged else _accuracy(flat.forward(w, xt, keep=False)[0], yt)
     h5io.write(output, {f"acc_{k}": np.float64(v) for k, v in acc.items()}, step="kernel_accuracy",
@@ -76,11 +86,15 @@ def ntk_convergence(inputs: dict, output: Path, params: dict, device: str = "cpu
     x = _kernels_data(inputs, params, dtype, params["n_points"])[0].to(dev)
     nngp_inf, ntk_inf = kernels.analytic_kernels(x, None, params["model"]["L"])
     ntk_err, nngp_err = [], []
-    for seed in params["seeds"]:
+    bar = Progress(f"ntk_convergence {Path(output).stem}", len(params["seeds"]), unit="seed",
+                   message=f"h={params['model']['h']}, {len(x)} points")
+    for k, seed in enumerate(params["seeds"]):
         net = FC(seed=seed, dtype=dtype, **params["model"]).to(dev)
         ntk_err.append(kernels.relative_change(ntk_inf, kernels.empirical_ntk(net, x)))
         a = kernels.last_hidden_features(net, x)
         nngp_err.append(kernels.relative_change(nngp_inf, a @ a.t()))
+        bar.update(k + 1, f"seed {seed}: NTK error {ntk_err[-1]:.3g}")
+    bar.finish()
     h5io.write(output, {"ntk_rel_err": np.array(ntk_err), "nngp_rel_err": np.array(nngp_err),
                         "seeds": np.array(params["seeds"], dtype=np.int64)}, step="ntk_convergence",
                params=params, seed=params["seeds"][0], code_sha256=code_hash("ntk_convergence"))
@@ -98,7 +112,8 @@ def linearized_training(inputs: dict, output: Path, params: dict, device: str = 
     flat, w0 = net.flat(), net.flat_parameters()
     lr, steps = params["lr"], params["steps"]
     record = np.unique(np.round(np.concatenate([[0], np.geomspace(1, steps, params["checkpoints"])]))).astype(int)
-    Ktt, Kst, _ = kernels.ntk_blocks(flat, w0, x, xt)
+    label = f"linearized_training {Path(output).stem}"
+    Ktt, Kst, _ = kernels.ntk_blocks(flat, w0, x, xt, progress=label + " ntk")
     with torch.no_grad():
         f0, f0t = flat.forward(w0, x, keep=False)[0], flat.forward(w0, xt, keep=False)[0]
     t = torch.as_tensor(record, dtype=dtype)
@@ -119,7 +134,7 @@ def linearized_training(inputs: dict, output: Path, params: dict, device: str = 
         rows["f_dist_test"].append(float((Fte[i] - ft).norm() / ft.norm().clamp_min(1e-300)))
 
     with torch.no_grad():
-        _, _, diverged = _gd_mse(flat, w0, x, y, lr, steps, record, on_record)
+        _, _, diverged = _gd_mse(flat, w0, x, y, lr, steps, record, on_record, progress=label)
     m = len(rows["loss_train"])
     arrays = {k: np.array(v) for k, v in rows.items()}
     arrays.update({"step": record[:m], "t": record[:m] * lr,
