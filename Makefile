@@ -22,7 +22,7 @@ PY        = $(VENV)/bin/python
 SNAKEMAKE = $(VENV)/bin/snakemake
 STAMP     = $(VENV)/.memgen-installed
 
-.PHONY: venv figures test paper-dry-run clean-data lint venv-slurm slurm-test plan
+.PHONY: venv figures test browser paper-dry-run clean-data lint venv-slurm slurm-test plan
 
 venv: $(STAMP)
 
@@ -37,9 +37,21 @@ $(STAMP): pyproject.toml
 figures: $(STAMP)
 	$(SNAKEMAKE) --profile profiles/default --cores $(CORES) --configfile $(CONFIG)
 
-## Run the test suite (unit, property, one end-to-end DAG run on config/test.yaml).
-test: $(STAMP)
+## Run the test suite (unit, property, end-to-end DAG runs on config/test.yaml, the
+## HTML report in headless Chromium).
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## Headless Chromium for the report test: Debian's package, installed when missing and
+## we are root with apt-get; otherwise that one test is skipped (with the reason).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the report test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+	    echo "could not install chromium: the report test will be skipped"; \
+	  else echo "chromium not found (Debian: sudo apt-get install chromium): the report test will be skipped"; fi; }
 
 ## The venv plus the Snakemake SLURM executor plugin (docs/cluster.md).
 venv-slurm: $(STAMP)

@@ -1,18 +1,27 @@
-"""One end-to-end run of the whole DAG on config/test.yaml, in a scratch copy of the
-workflow: every figure is built, a second run has nothing to do, and an edit of a
-library module marks exactly the outputs that depend on it as stale."""
+"""End-to-end runs of the whole DAG on config/test.yaml, in scratch copies of the
+workflow: every figure is built, a second run has nothing to do, an edit of a library
+module marks exactly the outputs that depend on it as stale, a second run from scratch
+with another number of parallel jobs gives byte-identical HDF5 arrays, a run killed
+mid-job completes on the next invocation without manual cleanup, and the HTML report
+shows every figure with its caption in headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
+
+from browser import Browser, chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -20,13 +29,22 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.e2e
 
 
-def _snakemake(workdir: Path, *args: str, env: dict | None = None) -> str:
-    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "--configfile", "config/test.yaml", *args],
+def _snakemake(workdir: Path, *args: str, env: dict | None = None, cores: int = 2) -> str:
+    # (targets before --configfile, which takes every value after it)
+    proc = subprocess.run([*SNAKEMAKE, *args, "--cores", str(cores), "--configfile", "config/test.yaml"],
                           cwd=workdir, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=600)
+                          timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     return out
+
+
+def _scratch(tmp_path_factory, name: str) -> Path:
+    work = tmp_path_factory.mktemp(name)
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    return work
 
 
 def _jobs(dry_run_output: str) -> dict[str, int]:
@@ -37,10 +55,8 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("workflow")
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    """The whole DAG, 2 cores: up to 2 jobs at once (1 thread each, resources.threads)."""
+    work = _scratch(tmp_path_factory, "workflow")
     _snakemake(work)
     return work
 
@@ -87,3 +103,109 @@ def test_library_edit_marks_dependent_outputs_stale(built, tmp_path):
     # training and everything downstream follow; data sets, inits and NTKs at init do not.
     assert jobs.get("ts_train") == 6 and jobs.get("ts_frozen") == 6, jobs
     assert "ts_dataset" not in jobs and "ts_init" not in jobs and "ts_ntk_init" not in jobs, jobs
+
+
+def _arrays(root: Path) -> dict[str, dict[str, tuple]]:
+    """file -> dataset -> (dtype, shape, bytes) for every HDF5 file under root/data."""
+    out = {}
+    for path in sorted((root / "data").rglob("*.h5")):
+        sets = {}
+        with h5py.File(path) as f:
+            f.visititems(lambda name, obj: sets.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+            out[str(path.relative_to(root))] = {
+                name: (str(d.dtype), d.shape, np.ascontiguousarray(d[()]).tobytes()) for name, d in sets.items()}
+    return out
+
+
+def test_rerun_from_scratch_one_job_at_a_time_is_byte_identical(built, tmp_path_factory):
+    """The same config from scratch in another directory, with 1 core (one job at a time
+    instead of two): the same files, and every dataset of every file byte-identical."""
+    again = _scratch(tmp_path_factory, "again")
+    _snakemake(again, cores=1)
+    a, b = _arrays(built), _arrays(again)
+    assert sorted(a) == sorted(b)
+    n_datasets = 0
+    for path in a:
+        assert sorted(a[path]) == sorted(b[path]), path
+        for name in a[path]:
+            assert a[path][name] == b[path][name], f"{path}:{name} differs between the two runs"
+            n_datasets += 1
+    assert len(a) >= 40 and n_datasets >= 200, (len(a), n_datasets)  # (the test config's size)
+    print(f"compared {n_datasets} datasets in {len(a)} HDF5 files: byte-identical")
+
+
+def test_killed_run_completes_on_the_next_invocation(built, tmp_path_factory):
+    """SIGKILL to Snakemake and every process under it while the training job runs (its
+    log exists: the job has started and holds Snakemake's lock and incomplete marker): no
+    output under its final name; the same command again finishes it (rerun-incomplete
+    from the workflow profile) with the arrays of the clean run, no manual cleanup."""
+    import psutil  # (a Snakemake dependency)
+
+    work = _scratch(tmp_path_factory, "killed")
+    train = sorted((built / "data" / "runs" / "time_scale").glob("*.h5"))[-1]
+    target = str(train.relative_to(built))
+    log = work / "logs" / "time_scale" / "train" / (train.stem + ".log")
+    cmd = [*SNAKEMAKE, target, "--cores", "1", "--configfile", "config/test.yaml"]
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    def kill_tree():
+        procs = [psutil.Process(proc.pid)]
+        try:
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+        return len(procs)
+
+    try:
+        deadline = time.monotonic() + 300
+        while not log.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the training job never started"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert not (work / target).exists()
+        assert kill_tree() >= 2  # Snakemake and its job
+    finally:
+        if proc.poll() is None:
+            kill_tree()
+    assert not (work / target).exists(), "a killed job left a file under the final name"
+    out = _snakemake(work, target, cores=1)
+    assert (work / target).exists(), out[-3000:]
+    assert _arrays(work)[target] == _arrays(built)[target]
+
+
+def test_report_shows_every_figure_with_its_caption(built):
+    """`snakemake --report`: opened in headless Chromium, every family is a category, and
+    every figure of the config shows as an image (decoded, nonzero size) with a caption
+    saying what it shows and which config produced it."""
+    from memgen import config
+    from memgen.report import CAPTIONS, TITLES
+
+    _snakemake(built, "--report", "report.html")
+    if chromium() is None:
+        if os.environ.get("MEMGEN_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required (MEMGEN_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("chromium not installed (Debian: apt-get install chromium); `make test` installs it as root")
+    cfg = config.load(built / "config" / "test.yaml")
+    walk = (Path(__file__).parent / "report_walk.js").read_text()
+    with Browser() as browser:
+        browser.open(built / "report.html")
+        seen = browser.evaluate(f"({walk})({json.dumps([TITLES[f] for f in cfg['families']])})")
+    n = 0
+    for family in cfg["families"]:
+        figures = seen[TITLES[family]]
+        assert sorted(figures) == sorted(CAPTIONS[family]), (family, sorted(figures))
+        for name, entry in figures.items():
+            assert entry["path"] == f"figures/{family}/{name}.png"
+            assert entry["img"] and min(entry["img"]) > 100, (name, entry["img"])
+            text = " ".join(entry["text"].split())
+            assert " ".join(CAPTIONS[family][name].split())[:60] in text, (name, text[:500])
+            assert "Produced from config config/test.yaml" in text and f"block {family}" in text, text[:500]
+            n += 1
+    print(f"report: {n} figures shown with captions in {len(cfg['families'])} categories")

@@ -1,5 +1,5 @@
 # Shared helpers for every family's rules. Nothing here computes anything.
-import json
+import shlex
 import sys
 
 from memgen.provenance import canonical_json, code_hash
@@ -33,20 +33,28 @@ def heavy_resources():
     return res
 
 
-# Every heavy step: same command line shape.
-STEP_CMD = (
-    "{PYTHON} -m memgen {STEP} {INPUTS} --output {output[0]} --params {params.json:q} "
-    "--device {DEVICE} --threads {threads}{EXTRA} > {log} 2>&1"
-)
+def memgen_shell(args):
+    """Shell command `python -m memgen ARGS > {log} 2>&1`, with the interpreter running
+    Snakemake (the path is written into the command, not read from a global by Snakemake)."""
+    return f"{shlex.quote(PYTHON)} -m memgen {args} > {{log}} 2>&1"
 
 
 def step_shell(step, inputs, extra=""):
-    """Shell command of a step rule; `inputs` are the names of the rule's inputs, `extra`
-    more CLI options (e.g. "--resume-every-s 300")."""
-    ins = " ".join(f"--input {name}={{input.{name}}}" for name in inputs)
-    return STEP_CMD.replace("{PYTHON}", PYTHON).replace("{STEP}", step).replace("{INPUTS}", ins).replace(
-        "{DEVICE}", DEVICE
-    ).replace("{EXTRA}", f" {extra}" if extra else "")
+    """Shell command of a step rule (one output file); `inputs` are the names of the rule's
+    inputs, `extra` more CLI options (e.g. "--resume-every-s 300")."""
+    ins = "".join(f" --input {name}={{input.{name}}}" for name in inputs)
+    return memgen_shell(f"{step}{ins} --output {{output}} --params {{params.json:q}} --device {DEVICE} "
+                        f"--threads {{threads}}" + (f" {extra}" if extra else ""))
+
+
+def figure_outputs(family, formats):
+    """figures/FAMILY/{name}.EXT for each format; the PNG (else the first format) goes into
+    `snakemake --report`, under the family's title, captioned by workflow/report/figure.rst."""
+    shown = "png" if "png" in formats else formats[0]
+    paths = [f"figures/{family}/{{name}}.{ext}" for ext in formats]
+    return [report(p, caption="../report/figure.rst", category=TITLES[family],
+                   labels={"figure": "{name}", "config": config[CONFIG_KEY]["configfiles"]})
+            if p.endswith(f".{shown}") else p for p in paths]
 
 
 wildcard_constraints:

@@ -126,17 +126,18 @@ if "curvature" in config:
         log:
             "logs/curvature/summary.log",
         shell:
-            "{PYTHON} -m memgen summary curvature --input toy {input.toy} --input dataset {input.dataset}"
-            " --input train {input.train} --input influence {input.influence} --input loo {input.loo}"
-            " --input solvers {input.solvers} --input n_images {params.n_images} "
-            + " ".join(f"--output {k}={{output.{k}}}" for k in CV.SUMMARIES)
-            + " > {log} 2>&1"
+            memgen_shell(
+                "summary curvature --input toy {input.toy} --input dataset {input.dataset}"
+                " --input train {input.train} --input influence {input.influence} --input loo {input.loo}"
+                " --input solvers {input.solvers} --input n_images {params.n_images} "
+                + " ".join(f"--output {k}={{output.{k}}}" for k in CV.SUMMARIES)
+            )
 
     rule cv_figure:
         input:
             **{k: f"data/summary/curvature_{k}.csv" for k in CV.SUMMARIES},
         output:
-            expand("figures/curvature/{{name}}.{ext}", ext=CV_FORMATS),
+            figure_outputs("curvature", CV_FORMATS),
         wildcard_constraints:
             name="|".join(CV.FIGURES),
         params:
@@ -146,5 +147,7 @@ if "curvature" in config:
         log:
             "logs/curvature/figure/{name}.log",
         shell:
-            "{PYTHON} -m memgen figure curvature {wildcards.name} {params.inputs}"
-            " --output {output} --options {params.options:q} > {log} 2>&1"
+            memgen_shell(
+                "figure curvature {wildcards.name} {params.inputs}"
+                " --output {output} --options {params.options:q}"
+            )

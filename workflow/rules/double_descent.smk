@@ -116,13 +116,15 @@ if "double_descent" in config:
         log:
             "logs/double_descent/summary.log",
         shell:
-            "{PYTHON} -m memgen summary double_descent --input linear {input.linear}"
-            " --input theory_linear {input.theory_linear} --input two_layer {input.two_layer}"
-            " --input theory_two_layer {input.theory_two_layer} --input modelwise {input.modelwise}"
-            " --input theory_modelwise {input.theory_modelwise}"
-            " --output epochwise={output.epochwise} --output two_layer={output.two_layer}"
-            " --output jacobian={output.jacobian} --output modelwise={output.modelwise}"
-            " --output key_numbers={output.key_numbers} > {log} 2>&1"
+            memgen_shell(
+                "summary double_descent --input linear {input.linear}"
+                " --input theory_linear {input.theory_linear} --input two_layer {input.two_layer}"
+                " --input theory_two_layer {input.theory_two_layer} --input modelwise {input.modelwise}"
+                " --input theory_modelwise {input.theory_modelwise}"
+                " --output epochwise={output.epochwise} --output two_layer={output.two_layer}"
+                " --output jacobian={output.jacobian} --output modelwise={output.modelwise}"
+                " --output key_numbers={output.key_numbers}"
+            )
 
     rule dd_figure:
         input:
@@ -131,7 +133,7 @@ if "double_descent" in config:
             jacobian=rules.dd_summary.output.jacobian,
             modelwise=rules.dd_summary.output.modelwise,
         output:
-            expand("figures/double_descent/{{name}}.{ext}", ext=DD_FORMATS),
+            figure_outputs("double_descent", DD_FORMATS),
         wildcard_constraints:
             name="|".join(DD.FIGURES),
         params:
@@ -140,6 +142,8 @@ if "double_descent" in config:
         log:
             "logs/double_descent/figure/{name}.log",
         shell:
-            "{PYTHON} -m memgen figure double_descent {wildcards.name} --input epochwise={input.epochwise}"
-            " --input two_layer={input.two_layer} --input jacobian={input.jacobian}"
-            " --input modelwise={input.modelwise} --output {output} --options {params.options:q} > {log} 2>&1"
+            memgen_shell(
+                "figure double_descent {wildcards.name} --input epochwise={input.epochwise}"
+                " --input two_layer={input.two_layer} --input jacobian={input.jacobian}"
+                " --input modelwise={input.modelwise} --output {output} --options {params.options:q}"
+            )

@@ -97,10 +97,12 @@ if "kernels" in config:
         log:
             "logs/kernels/summary.log",
         shell:
-            "{PYTHON} -m memgen summary kernels --input accuracy {input.accuracy}"
-            " --input convergence {input.convergence} --input linearized {input.linearized}"
-            " --output accuracy={output.accuracy} --output convergence={output.convergence}"
-            " --output linearized={output.linearized} > {log} 2>&1"
+            memgen_shell(
+                "summary kernels --input accuracy {input.accuracy}"
+                " --input convergence {input.convergence} --input linearized {input.linearized}"
+                " --output accuracy={output.accuracy} --output convergence={output.convergence}"
+                " --output linearized={output.linearized}"
+            )
 
     rule kn_figure:
         input:
@@ -108,7 +110,7 @@ if "kernels" in config:
             convergence=rules.kn_summary.output.convergence,
             linearized=rules.kn_summary.output.linearized,
         output:
-            expand("figures/kernels/{{name}}.{ext}", ext=KN_FORMATS),
+            figure_outputs("kernels", KN_FORMATS),
         wildcard_constraints:
             name="|".join(KN.FIGURES),
         params:
@@ -117,6 +119,8 @@ if "kernels" in config:
         log:
             "logs/kernels/figure/{name}.log",
         shell:
-            "{PYTHON} -m memgen figure kernels {wildcards.name} --input accuracy={input.accuracy}"
-            " --input convergence={input.convergence} --input linearized={input.linearized}"
-            " --output {output} --options {params.options:q} > {log} 2>&1"
+            memgen_shell(
+                "figure kernels {wildcards.name} --input accuracy={input.accuracy}"
+                " --input convergence={input.convergence} --input linearized={input.linearized}"
+                " --output {output} --options {params.options:q}"
+            )

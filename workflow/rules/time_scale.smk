@@ -135,16 +135,18 @@ if "time_scale" in config:
         benchmark:
             "logs/benchmark/time_scale/summary.tsv"
         shell:
-            "{PYTHON} -m memgen summary time_scale --input runs {input.runs} --input ntk_init {input.ntk_init}"
-            " --input ntk_final {input.ntk_final} --input frozen {input.frozen}"
-            " --output table={output.table} --output curves={output.curves} > {log} 2>&1"
+            memgen_shell(
+                "summary time_scale --input runs {input.runs} --input ntk_init {input.ntk_init}"
+                " --input ntk_final {input.ntk_final} --input frozen {input.frozen}"
+                " --output table={output.table} --output curves={output.curves}"
+            )
 
     rule ts_figure:
         input:
             table=rules.ts_summary.output.table,
             curves=rules.ts_summary.output.curves,
         output:
-            expand("figures/time_scale/{{name}}.{ext}", ext=TS_FORMATS),
+            figure_outputs("time_scale", TS_FORMATS),
         wildcard_constraints:
             name="|".join(TS.FIGURES),
         params:
@@ -155,5 +157,7 @@ if "time_scale" in config:
         benchmark:
             "logs/benchmark/time_scale/figure/{name}.tsv"
         shell:
-            "{PYTHON} -m memgen figure time_scale {wildcards.name} --input table={input.table}"
-            " --input curves={input.curves} --output {output} --options {params.options:q} > {log} 2>&1"
+            memgen_shell(
+                "figure time_scale {wildcards.name} --input table={input.table}"
+                " --input curves={input.curves} --output {output} --options {params.options:q}"
+            )
