@@ -62,7 +62,8 @@ def _fc_chain(model: FlatFC, w: torch.Tensor):
 
 
 def _relu(z):
-    return z.clamp_min(0), (z > 0).to(z.dtype)
+    a = z.clamp_min(0)
+    return a, torch.sign(a)  # (one pass over a: 1 where z > 0, else 0)
 
 
 def _tanh(z):
@@ -137,7 +138,9 @@ def _chain_features(chain, x: torch.Tensor):
         inputs.append(a)
         if i == len(layers) - 1:
             break
-        z = torch.addmm(B, a, W.t(), alpha=s) if B is not None else (a @ W.t()).mul_(s)
+        z = torch.addmm(B, a, W.t(), alpha=s) if B is not None else a @ W.t()
+        if B is None and s != 1.0:
+            z.mul_(s)
         a, da = acts[i](z)
         derivs.append(da)
     out = []
