@@ -186,9 +186,12 @@ def _gram_block(fa, fb, r0, r1, c0, c1) -> torch.Tensor:
         term = a1[r0:r1] @ a2[c0:c1].t()
         if bias:
             term.add_(1.0)
-        if d1 is not None:  # (the output layer has delta = 1: D D'^T = all ones)
-            term.mul_(d1[r0:r1] @ d2[c0:c1].t())
-        acc = term if acc is None else acc.add_(term)
+        if d1 is None:  # (the output layer has delta = 1: D D'^T = all ones)
+            acc = term if acc is None else acc.add_(term)
+        elif acc is None:
+            acc = term.mul_(d1[r0:r1] @ d2[c0:c1].t())
+        else:  # one fused pass: acc += term * (D D'^T)
+            acc.addcmul_(term, d1[r0:r1] @ d2[c0:c1].t())
     return acc
 
 
