@@ -43,7 +43,7 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from memgen.kernels import empirical_ntk, generic_ntk, sequential_ntk, symmetric_tiles
+from memgen.kernels import empirical_ntk, generic_ntk, gram_entries, sequential_ntk
 from memgen.models import FC
 
 
@@ -75,12 +75,11 @@ MATMUL_SIZE = 4096
 def structured_flops(n: int, d: int, h: int, L: int) -> float:
     """Matrix-product FLOPs the structured path executes for the n x n train Gram: the
     forward and backward passes, and the per-layer Gram products over the blocks of the
-    upper triangle it computes (:func:`memgen.kernels.symmetric_tiles`)."""
+    upper triangle it computes (:func:`memgen.kernels.gram_entries`)."""
     fwd = 2 * n * (d * h + (L - 1) * h * h + h)
     bwd = 2 * n * (L - 1) * h * h  # delta_{l-1} = (delta_l W_l) * phi' (the last layer is a broadcast)
     dims = d + L * h + L * h  # activation Gram dims (d, h, ..., h) + signal Gram dims (h, ..., h)
-    entries = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in symmetric_tiles(n))
-    return fwd + bwd + 2 * entries * dims
+    return fwd + bwd + 2 * gram_entries(n, n, symmetric=True) * dims
 
 
 # ---------------------------------------------------------------- seed 000 baseline

@@ -192,7 +192,7 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
     from pathlib import Path
 
     base = Path(root)
-    missing = [f for f in CIFAR_FILES if not (base / f).is_file()]
+    missing = cifar_missing(root)
     if missing:
         raise MemgenError(
             f"cifar2: missing {', '.join(str(base / f) for f in missing)}; expected the CIFAR-10 python "
@@ -218,10 +218,15 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
     return Dataset(t(xtr), t(ytr), t(xte), t(yte), {"name": "cifar2", "classes": list(classes)})
 
 
-def cifar_available(root: str = "data/cifar-10-batches-py") -> bool:
+def cifar_missing(root: str = "data/cifar-10-batches-py") -> list[str]:
+    """The CIFAR-10 batch files (:data:`CIFAR_FILES`) that are not under ``root``."""
     from pathlib import Path
 
-    return all((Path(root) / f).is_file() for f in CIFAR_FILES)
+    return [f for f in CIFAR_FILES if not (Path(root) / f).is_file()]
+
+
+def cifar_available(root: str = "data/cifar-10-batches-py") -> bool:
+    return not cifar_missing(root)
 
 
 GENERATORS.update({"digits": digits, "cifar2": cifar2})

@@ -195,8 +195,9 @@ def _gram_block(fa, fb, r0, r1, c0, c1) -> torch.Tensor:
     return acc
 
 
-def _gram_entries(n1: int, n2: int, symmetric: bool = False) -> int:
-    """Number of entries :func:`_gram` computes (its progress total)."""
+def gram_entries(n1: int, n2: int, symmetric: bool = False) -> int:
+    """Number of entries the structured Gram computes for an n1 x n2 block (symmetric:
+    the blocks of :func:`symmetric_tiles`); its progress total and FLOP count."""
     return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in symmetric_tiles(n1)) if symmetric else n1 * n2
 
 
@@ -358,7 +359,7 @@ def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: to
     n, m = len(x_train), len(x_test)
     bar = None
     if progress:
-        total = _gram_entries(n, n, True) + m * n + _gram_entries(m, m, True)
+        total = gram_entries(n, n, True) + m * n + gram_entries(m, m, True)
         bar = Progress(progress, total, unit="entry", message=f"NTK Gram blocks of {n} train, {m} test points")
     with torch.no_grad():
         chain = _fc_chain(model, w)

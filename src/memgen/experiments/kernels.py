@@ -50,12 +50,12 @@ def check(kb: dict) -> list[str]:
 def _cifar_problems(c: dict) -> list[str]:
     """``cifar.enabled: true`` needs every batch under ``root`` (``auto`` skips CIFAR
     without them; nothing is downloaded)."""
-    from memgen.data import CIFAR_FILES
+    from memgen.data import CIFAR_FILES, cifar_missing
 
     if c["enabled"] is not True:
         return []
     root = Path(c["root"])
-    missing = [f for f in CIFAR_FILES if not (root / f).is_file()]
+    missing = cifar_missing(c["root"])
     if not missing:
         return []
     what = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
