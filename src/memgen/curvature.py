@@ -107,15 +107,13 @@ def hessian_matrix(hvp_fn: HVPFn, like: torch.Tensor | int, progress: str | None
     e = _like(like)
     P = e.numel()
     cols = []
-    bar = Progress(progress, P, unit="HVP", message=f"dense {P}x{P} Hessian") if progress else None
+    bar = Progress(progress, P, unit="HVP", message=f"dense {P}x{P} Hessian")
     for j in range(P):
         e.zero_()
         e[j] = 1
         cols.append(hvp_fn(e.clone()).reshape(-1))
-        if bar is not None:
-            bar.update(j + 1)
-    if bar is not None:
-        bar.finish()
+        bar.update(j + 1)
+    bar.finish()
     H = torch.stack(cols, dim=1)
     return (H + H.T) / 2
 
@@ -415,8 +413,7 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
     rho = _dot(r, r)
     hist = [1.0]
     k = 0
-    bar = (Progress(progress, max_iter, unit="iter", bound=True, message=f"conjugate gradient, P={P}, tol={tol:g}")
-           if progress else None)
+    bar = Progress(progress, max_iter, unit="iter", bound=True, message=f"conjugate gradient, P={P}, tol={tol:g}")
     while hist[-1] > tol and k < max_iter:
         Ap = A(p)
         pAp = _dot(p, Ap)
@@ -434,12 +431,11 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
         hist.append(float(rho.sqrt()) / vnorm)
         if callback is not None:
             callback(k, x)
-        if bar is not None and bar.due():
+        if bar.due():
             bar.update(k, _residual_message(hist[-1], tol, bar.elapsed()))
     true_res = float((v - A(x)).norm()) / vnorm
     converged = hist[-1] <= tol
-    if bar is not None:
-        bar.finish(k, f"relative residual {hist[-1]:.3g}{'' if converged else ' (not converged)'}")
+    bar.finish(k, lambda: f"relative residual {hist[-1]:.3g}{'' if converged else ' (not converged)'}")
     if not converged:
         warnings.warn(f"conjugate gradient stopped after {k} iterations at relative residual "
                       f"{hist[-1]:.3g} > tol={tol:g}", RuntimeWarning, stacklevel=3)
@@ -543,8 +539,8 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
         steps.append(depth)
     record_at = set(steps)
     estimates, paths, used = [], [], []
-    bar = (Progress(progress, depth * repeats, unit="step", message=f"LiSSA scale={scale:.4g}, depth={depth}, "
-                    f"repeats={repeats}{', mini-batch' if batch_hvps is not None else ''}") if progress else None)
+    bar = Progress(progress, depth * repeats, unit="step", message=f"LiSSA scale={scale:.4g}, depth={depth}, "
+                   f"repeats={repeats}{', mini-batch' if batch_hvps is not None else ''}")
     for rep in range(repeats):
         h = v.clone()
         path = []
@@ -562,7 +558,7 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
                     f"{rep} with scale={scale:.4g} (lambda_max ~ {lambda_max:.4g}, damping={damping}); "
                     f"H + damping I may not be positive definite (increase damping) or a mini-batch "
                     f"Hessian exceeds 2 scale (try scale={2 * lissa_scale(lambda_max, damping):.4g})")
-            if bar is not None and bar.due():
+            if bar.due():
                 bar.update(rep * depth + j, f"repeat {rep + 1}/{repeats} ||x_j|| {hn / scale:.4g}")
             if j in record_at:
                 path.append(hn / scale if record == "norm" else (h / scale).clone())
@@ -571,8 +567,7 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
         used.append(j)
         estimates.append(h / scale)
         paths.append(torch.tensor(path, dtype=torch.float64) if record == "norm" else torch.stack(path))
-    if bar is not None:
-        bar.finish(sum(used))
+    bar.finish(sum(used))
     est = torch.stack(estimates)
     info = {"scale": float(scale), "lambda_max": float(lambda_max), "damping": damping, "depth": depth,
             "repeats": repeats, "hvps": hvps, "path_steps": steps, "path": paths, "steps": used,
@@ -630,8 +625,8 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
     Returns {"grad_norm", "iterations", "loss"}.
     """
     params = module_params(model)
-    bar = (Progress(progress, max_iter, unit="iter", bound=True,
-                    message=f"{method} to ||grad R|| <= {tol:g}, {x.shape[0]} points") if progress else None)
+    bar = Progress(progress, max_iter, unit="iter", bound=True,
+                   message=f"{method} to ||grad R|| <= {tol:g}, {x.shape[0]} points")
 
     def objective():
         return regularized_loss(model, loss_fn, x, y, l2)
@@ -650,7 +645,7 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
                 g = g + l2 * w
             if float(g.norm()) <= tol:
                 break
-            if bar is not None and bar.due():
+            if bar.due():
                 bar.update(it, f"||grad R|| {float(g.norm()):.3g}")
             hvp_fn = _damped(make_module_hvp(model, loss_fn, batches, cache_graph=True), l2)
             p, _ = cg_solve(hvp_fn, g, tol=1e-12, max_iter=10 * g.numel())
@@ -688,7 +683,7 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
 
         for _ in range(5):  # L-BFGS-B may stop early on a line search at rounding level: restart
             done[0] = 0
-            res = minimize(fun, wn, jac=True, method="L-BFGS-B", callback=on_iteration if bar is not None else None,
+            res = minimize(fun, wn, jac=True, method="L-BFGS-B", callback=on_iteration if bar.active else None,
                            options={"maxiter": max_iter - it, "maxfun": 2 * max_iter, "gtol": tol / math.sqrt(len(wn)),
                                     "ftol": 0.0, "maxcor": 20})
             wn, it = res.x, it + int(res.nit)
@@ -700,8 +695,7 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
     with torch.no_grad():
         loss = float(objective())
     info = {"grad_norm": grad_norm(), "iterations": int(it), "loss": loss}
-    if bar is not None:
-        bar.finish(it, f"||grad R|| {info['grad_norm']:.3g}, R {loss:.10g}")
+    bar.finish(it, lambda: f"||grad R|| {info['grad_norm']:.3g}, R {loss:.10g}")
     return info
 
 

@@ -208,6 +208,7 @@ def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = 
     only the blocks of :func:`symmetric_tiles` are computed and mirrored, about half the
     products of the full square, in blocks still large enough for BLAS to run at full
     rate; the result is exactly symmetric. ``bar`` advances by the entries of each block."""
+    bar = bar or Progress(None)
     a0 = fa[0][0]
     n1, n2 = a0.shape[0], fb[0][0].shape[0]
     K = a0.new_empty(n1, n2)
@@ -219,8 +220,7 @@ def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = 
             K[q0:q1, c0:c1] = block
             if c0 != r0:  # off-diagonal block of a symmetric Gram
                 K[c0:c1, q0:q1] = block.t()
-            if bar is not None:
-                bar.advance((q1 - q0) * (c1 - c0))
+            bar.advance((q1 - q0) * (c1 - c0))
         if symmetric and c0 == r0:  # a diagonal block computed whole: make it exactly symmetric
             D = K[r0:r1, r0:r1]
             D.copy_((D + D.t()).mul_(0.5))
@@ -357,17 +357,14 @@ def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: to
     """(K_train_train, K_test_train, K_test_test), sharing one forward pass per set.
     ``progress``: label of progress lines (memgen.progress, Gram entries) on stderr."""
     n, m = len(x_train), len(x_test)
-    bar = None
-    if progress:
-        total = gram_entries(n, n, True) + m * n + gram_entries(m, m, True)
-        bar = Progress(progress, total, unit="entry", message=f"NTK Gram blocks of {n} train, {m} test points")
+    bar = Progress(progress, gram_entries(n, n, True) + m * n + gram_entries(m, m, True), unit="entry",
+                   message=f"NTK Gram blocks of {n} train, {m} test points")
     with torch.no_grad():
         chain = _fc_chain(model, w)
         ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
         out = (_gram(ftr, ftr, symmetric=True, bar=bar), _gram(fte, ftr, bar=bar),
                _gram(fte, fte, symmetric=True, bar=bar))
-    if bar is not None:
-        bar.finish()
+    bar.finish()
     return out
 
 

@@ -141,7 +141,7 @@ def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None
     A_, b_, w_, lr_ = A.numpy(), b.numpy(), w.numpy().copy(), lr.numpy()
     out = []
     runs = int(np.prod(b.shape[:-1]))
-    bar = Progress(progress, steps, unit="step", message=f"{runs} run(s), d={d}") if progress else None
+    bar = Progress(progress, steps, unit="step", message=f"{runs} run(s), d={d}")
     for k in range(steps + 1):
         if k in wanted:
             out.append(w_.copy())
@@ -149,10 +149,8 @@ def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None
             break
         grad = np.einsum("...ij,...j->...i", A_, w_) - b_
         w_ -= lr_ * grad
-        if bar is not None:
-            bar.update(k + 1)
-    if bar is not None:
-        bar.finish(steps)
+        bar.update(k + 1)
+    bar.finish(steps)
     return torch.from_numpy(np.stack(out))
 
 
@@ -251,7 +249,7 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
     A, b = _normal_equations(X, y)
     yy = float(y @ y) / n
     ws = torch.empty(steps + 1, d, dtype=DTYPE)
-    bar = Progress(progress, steps, unit="step", message=f"n={n} d={d} p={W.shape[0]}") if progress else None
+    bar = Progress(progress, steps, unit="step", message=f"n={n} d={d} p={W.shape[0]}")
     for k in range(steps + 1):
         w = W.T @ v
         ws[k] = w
@@ -259,10 +257,8 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
             break
         g = b - A @ w
         W, v = W + lr_W * torch.outer(v, g), v + lr_v * (W @ g)
-        if bar is not None:
-            bar.update(k + 1)
-    if bar is not None:
-        bar.finish(steps)
+        bar.update(k + 1)
+    bar.finish(steps)
     risk = population_risk(ws, s, theta, noise_std)
     # 1/(2n)||Xw - y||^2 = (w^T A w - 2 b^T w + y^T y / n) / 2
     loss = 0.5 * (((ws @ A) * ws).sum(-1) - 2 * ws @ b + yy)

@@ -19,7 +19,9 @@ the loop may stop earlier, e.g. an iterative solver at its tolerance).
 Progress never changes what a loop computes: it only reads counters and the clock, and
 a ``message`` may be a callable, called only when its line is printed (or check
 :meth:`Progress.due` first). Library loops take ``progress: str | None`` (the label;
-None, their default, is silent) and the steps pass one, so only step logs get lines.
+None, their default, is silent) and the steps pass one, so only step logs get lines. A
+``Progress`` whose label is None prints nothing (``due()`` is always False), so loops
+call it unconditionally.
 This module is not part of any step's code hash (memgen.provenance): it cannot change
 an output.
 """
@@ -83,24 +85,26 @@ class Progress:
     counted in the rate; ``unit``: printed after the counts; ``bound``: the ETA is an
     upper bound (printed ``eta <= ...``); ``message``: appended to the start line."""
 
-    def __init__(self, label: str, total: float | None = None, every: float | None = None,
+    def __init__(self, label: str | None, total: float | None = None, every: float | None = None,
                  stream: TextIO | None = None, *, unit: str = "", initial: float = 0, bound: bool = False,
                  message: Message = ""):
         self.label, self.total, self.unit, self.bound = label, total, unit, bound
+        self.active = label is not None  # None: silent
         self.every = default_every() if every is None else float(every)
         self.stream = stream if stream is not None else sys.stderr
         self.initial = self.done = initial
         self.finished = False
         self.start = self.last = time.perf_counter()
-        message = message() if callable(message) else message
-        self._write(f"{self._count(initial)} started{': ' + message if message else ''}", "")
+        if self.active:
+            message = message() if callable(message) else message
+            self._write(f"{self._count(initial)} started{': ' + message if message else ''}", "")
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def due(self) -> bool:
         """Whether :meth:`update` would print now (build costly messages only then)."""
-        return time.perf_counter() - self.last >= self.every
+        return self.active and time.perf_counter() - self.last >= self.every
 
     def rate(self, done: float | None = None, now: float | None = None) -> float:
         """Units per second since the start (nan before any time has passed)."""
@@ -114,6 +118,8 @@ class Progress:
         one (or ``force``). ``eta``: seconds left, instead of (total - done) / rate;
         ``eta_note``: printed after it. Returns whether a line was printed."""
         self.done = done
+        if not self.active:
+            return False
         now = time.perf_counter()
         if not force and now - self.last < self.every:
             return False
@@ -157,6 +163,8 @@ class Progress:
         return f"{text} {self.unit or 'it'}/s"
 
     def _write(self, text: str, message: Message) -> None:
+        if not self.active:
+            return
         message = message() if callable(message) else message
         self.stream.write(f"[{self.label}] {text}{' ' + message if message else ''}\n")
         self.stream.flush()

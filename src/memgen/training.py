@@ -303,7 +303,7 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
                 if status["stop_reason"]:
                     break
                 now = time.perf_counter()
-                if now - progress.last >= progress.every:  # build the line only when it is printed
+                if progress.due():  # build the line only when it is printed
                     t_rate = (t - mark[1]) / (now - mark[0]) if now > mark[0] else math.nan
                     eta, limit = _eta_to_limit(cfg, step, t, now - wall0, progress.rate(step, now), t_rate)
                     progress.update(step, f"t={t:.4g} dt={fs.dt:.2g} margin_min={float(prep.z.min()):.3f} "

@@ -22,22 +22,20 @@ def _gd_mse(model: FlatFC, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr
     n = len(y)
     record = set(int(r) for r in record)
     f = None
-    bar = Progress(progress, steps, unit="step", message=f"GD on {n} points, lr={lr:g}") if progress else None
+    bar = Progress(progress, steps, unit="step", message=f"GD on {n} points, lr={lr:g}")
     for k in range(steps + 1):
         f, cache = model.forward(w, x)
         if not torch.isfinite(f).all():
-            if bar is not None:
-                bar.finish(k, "diverged")
+            bar.finish(k, "diverged")
             return w, f, True
         if k in record and on_record is not None:
             on_record(k, w, f)
         if k == steps:
             break
         w = w - lr * model.vjp(cache, (f - y) / n)
-        if bar is not None and bar.due():
+        if bar.due():
             bar.update(k + 1, f"train loss {float(((f - y) ** 2).mean() / 2):.4g}")
-    if bar is not None:
-        bar.finish(steps, f"train loss {float(((f - y) ** 2).mean() / 2):.4g}")
+    bar.finish(steps, lambda: f"train loss {float(((f - y) ** 2).mean() / 2):.4g}")
     return w, f, False
 
 
