@@ -110,6 +110,16 @@ def test_context_manager_finishes_on_success_only(clock):
     assert _lines(out) == ["[bad] 0/3 started"]
 
 
+def test_no_label_is_silent_but_counts(clock):
+    out = io.StringIO()
+    calls = []
+    p = Progress(None, 4, every=0, stream=out, message=lambda: calls.append(1) or "x")
+    assert not p.due() and not p.update(2, lambda: calls.append(1) or "x", force=True)
+    p.advance(2)
+    p.finish(message=lambda: calls.append(1) or "x")
+    assert out.getvalue() == "" and calls == [] and p.done == 4
+
+
 @pytest.mark.parametrize("seconds,text", [(0.123, "0.12s"), (7.26, "7.3s"), (42.4, "42s"), (187, "3m07s"),
                                           (7500, "2h05m"), (3 * 86400 + 4 * 3600 + 10, "3d04h"),
                                           (math.inf, "inf"), (math.nan, "?"), (-1, "0.00s")])
