@@ -1,8 +1,58 @@
-"""Shared helpers for the memgen unit tests: independent reference computations."""
+"""Shared helpers for the memgen tests: independent reference computations, the test
+config's blocks, in-process CLI steps and scratch copies of the workflow."""
+
+import json
+import shutil
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import integrate
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_ITEMS = ("Snakefile", "workflow", "config", "profiles")  # what a workflow run needs
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A scratch copy of the workflow (Snakefile, rules, configs, profiles) in ``dest``."""
+    for name in WORKFLOW_ITEMS:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def config_block(family: str, **over) -> dict:
+    """The ``family`` block of config/test.yaml, validated (defaults filled in), with
+    overrides ``a__b=value`` for key ``a.b``."""
+    from memgen import config
+
+    with open(ROOT / "config" / "test.yaml") as fh:
+        block = yaml.safe_load(fh)[family]
+    for path, value in over.items():
+        node = block
+        *parents, last = path.split("__")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return config.validate({"families": [family], family: block})[family]
+
+
+def run_step(step: str, inputs: dict, output: Path, params: dict) -> int:
+    """``python -m memgen STEP --input NAME=PATH ... --output OUT --params JSON`` in
+    process; the CLI installs its SIGTERM handler (save a resume point): pytest's is
+    restored afterwards."""
+    from memgen.cli import main
+
+    args = [step]
+    for name, path in inputs.items():
+        args += ["--input", f"{name}={path}"]
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        return main(args + ["--output", str(output), "--params", json.dumps(params), "--device", "cpu"])
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def gauss_expect(fn):

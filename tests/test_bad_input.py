@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from memgen import config
-from memgen.cli import main
+from conftest import config_block, copy_workflow, run_step
 from memgen.experiments import time_scale as TS
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,9 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     ({"time_scale": {"widths": [16, -4]}}, [r"time_scale\.widths\[1\]: -4 is out of range; must be >= 1"]),
 ], ids=["cifar_root_missing", "negative_width"])
 def test_snakemake_refuses_an_invalid_config_before_any_job(tmp_path, bad, expected):
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_workflow(tmp_path)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "bad.yaml"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -60,48 +53,26 @@ def test_snakemake_refuses_an_invalid_config_before_any_job(tmp_path, bad, expec
 # ---------------------------------------------------------------- HDF5 inputs of real steps
 
 
-@pytest.fixture(autouse=True)
-def _keep_sigterm_handler():
-    """The CLI installs its SIGTERM handler (save a resume point); give pytest its own back."""
-    old = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
 def _block(**over) -> dict:
-    with open(ROOT / "config" / "test.yaml") as fh:
-        ts = yaml.safe_load(fh)["time_scale"]
-    ts["flow"]["max_steps"] = 300
-    ts.update(over)
-    return config.validate({"families": ["time_scale"], "time_scale": ts})["time_scale"]
+    return config_block("time_scale", flow__max_steps=300, **over)
 
 
 H, SEED, ALPHA = 16, 0, 1.0
 
 
-def memgen_step(step: str, inputs: dict[str, Path], output: Path, params: dict) -> int:
-    """``python -m memgen STEP --input NAME=PATH ... --output OUT --params JSON``, in process."""
-    args = [step]
-    for name, path in inputs.items():
-        args += ["--input", f"{name}={path}"]
-    return main(args + ["--output", str(output), "--params", json.dumps(params), "--device", "cpu"])
-
-
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> dict:
     """A valid data set and init of the time-scale family (and one of each from other params)."""
-    old = signal.getsignal(signal.SIGTERM)
     ts, other = _block(), _block(seeds=[1])
     other["dataset"]["seed"] = 1
     d = tmp_path_factory.mktemp("good")
     files = {"dataset": d / "dataset.h5", "init": d / "init.h5", "dataset_other": d / "dataset_other.h5",
              "init_other": d / "init_other.h5"}
-    assert memgen_step("dataset", {}, files["dataset"], TS.dataset_params(ts)) == 0
-    assert memgen_step("init", {"dataset": files["dataset"]}, files["init"], TS.init_params(ts, H, SEED)) == 0
-    assert memgen_step("dataset", {}, files["dataset_other"], TS.dataset_params(other)) == 0
+    assert run_step("dataset", {}, files["dataset"], TS.dataset_params(ts)) == 0
+    assert run_step("init", {"dataset": files["dataset"]}, files["init"], TS.init_params(ts, H, SEED)) == 0
+    assert run_step("dataset", {}, files["dataset_other"], TS.dataset_params(other)) == 0
     # same data set, init seed 1 instead of 0
-    assert memgen_step("init", {"dataset": files["dataset"]}, files["init_other"], TS.init_params(ts, H, 1)) == 0
-    signal.signal(signal.SIGTERM, old)
+    assert run_step("init", {"dataset": files["dataset"]}, files["init_other"], TS.init_params(ts, H, 1)) == 0
     return {"ts": ts, **files}
 
 
@@ -180,12 +151,12 @@ def test_step_refuses_bad_hdf5_input(good, tmp_path, capsys, case, step, bad_inp
     out_dir.mkdir()
     output = out_dir / "result.h5"
     capsys.readouterr()
-    rc = memgen_step(step, inputs, output, params)
+    rc = run_step(step, inputs, output, params)
     err = capsys.readouterr().err
     assert rc == 2, err
     assert re.search(rf"^memgen {step}: error: {re.escape(str(bad))}: {expected}", err, re.M), err
     assert "Traceback" not in err
     assert list(out_dir.iterdir()) == []  # no output, no NAME.tmp, no NAME.resume
     # the same step on the good inputs writes the output: the failure was the input's
-    assert memgen_step(step, {**inputs, bad_input: good[bad_input]}, output, params) == 0
+    assert run_step(step, {**inputs, bad_input: good[bad_input]}, output, params) == 0
     assert [p.name for p in out_dir.iterdir()] == ["result.h5"]

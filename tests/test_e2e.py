@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from browser import Browser, chromium
+from conftest import ROOT, copy_workflow
 
-ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +40,7 @@ def _snakemake(workdir: Path, *args: str, env: dict | None = None, cores: int = 
 
 
 def _scratch(tmp_path_factory, name: str) -> Path:
-    work = tmp_path_factory.mktemp(name)
-    for item in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    return work
+    return copy_workflow(tmp_path_factory.mktemp(name))
 
 
 def _jobs(dry_run_output: str) -> dict[str, int]:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -23,27 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from memgen import config, h5io, steps
+from conftest import config_block, run_step
+from memgen import h5io, steps
 from memgen.cli import main
 from memgen.losses import Loss
 
-ROOT = Path(__file__).resolve().parents[1]
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _test_block(family: str, **over) -> dict:
-    with open(ROOT / "config" / "test.yaml") as fh:
-        block = yaml.safe_load(fh)[family]
-    for path, value in over.items():
-        node = block
-        *parents, last = path.split("__")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return config.validate({"families": [family], family: block})[family]
 
 
 # ---------------------------------------------------------------- SIGKILL during a write
@@ -112,22 +97,6 @@ def test_sigkill_mid_write_leaves_no_file_under_the_final_name(tmp_path, older_f
 # ---------------------------------------------------------------- time scale: a run diverges mid-training
 
 
-@pytest.fixture(autouse=True)
-def _keep_sigterm_handler():
-    """The CLI installs its SIGTERM handler (save a resume point); give pytest its own back."""
-    old = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
-def memgen_step(step: str, inputs: dict[str, Path], output: Path, params: dict) -> int:
-    """``python -m memgen STEP --input NAME=PATH ... --output OUT --params JSON``, in process."""
-    args = [step]
-    for name, path in inputs.items():
-        args += ["--input", f"{name}={path}"]
-    return main(args + ["--output", str(output), "--params", json.dumps(params), "--device", "cpu"])
-
-
 H, SEED, POISONED = 16, 0, 1.0  # the sweep: alphas 0.1, 1, 100 at h=16; the alpha=1 run goes NaN
 
 
@@ -137,15 +106,14 @@ def sweep(tmp_path_factory):
     loss derivative of the alpha=1 run turns NaN after 40 evaluations; then the summary."""
     from memgen.experiments import time_scale as TS
 
-    old = signal.getsignal(signal.SIGTERM)
-    ts = _test_block("time_scale", flow__max_steps=2000)
+    ts = config_block("time_scale", flow__max_steps=2000)
     assert ts["alphas"] == [0.1, 1.0, 100.0]
     d = tmp_path_factory.mktemp("sweep")
     ds, init = d / "dataset.h5", d / "init.h5"
     ntk0 = d / "ntk_init.h5"
-    assert memgen_step("dataset", {}, ds, TS.dataset_params(ts)) == 0
-    assert memgen_step("init", {"dataset": ds}, init, TS.init_params(ts, H, SEED)) == 0
-    assert memgen_step("ntk", {"dataset": ds, "init": init}, ntk0, TS.ntk_params(ts, H, SEED)) == 0
+    assert run_step("dataset", {}, ds, TS.dataset_params(ts)) == 0
+    assert run_step("init", {"dataset": ds}, init, TS.init_params(ts, H, SEED)) == 0
+    assert run_step("ntk", {"dataset": ds, "init": init}, ntk0, TS.ntk_params(ts, H, SEED)) == 0
     derivative, calls = Loss.derivative, {"n": 0, "poison": False}
 
     def poisoned(self, z):
@@ -163,15 +131,14 @@ def sweep(tmp_path_factory):
         for alpha in ts["alphas"]:
             run, final = d / f"run_{alpha:g}.h5", d / f"ntk_final_{alpha:g}.h5"
             calls["poison"] = alpha == POISONED
-            assert memgen_step("train", {"dataset": ds, "init": init}, run, TS.train_params(ts, alpha, H, SEED)) == 0
+            assert run_step("train", {"dataset": ds, "init": init}, run, TS.train_params(ts, alpha, H, SEED)) == 0
             calls["poison"] = False
-            assert memgen_step("ntk", {"dataset": ds, "init": init, "run": run}, final,
+            assert run_step("ntk", {"dataset": ds, "init": init, "run": run}, final,
                                TS.ntk_params(ts, H, SEED, alpha)) == 0
             runs.append(run)
             finals.append(final)
     finally:
         mp.undo()
-        signal.signal(signal.SIGTERM, old)
     assert calls["n"] > 40  # the poison did act
     tables = {"table": d / "time_scale.csv", "curves": d / "time_scale_curves.csv"}
     main(["summary", "time_scale", "--input", "runs", *map(str, runs), "--input", "ntk_init",
@@ -244,8 +211,8 @@ def test_kernels_gd_blowup_is_flagged_in_the_summary(tmp_path):
     from memgen.figures import draw
 
     small = {"accuracy__n_train": [8], "accuracy__steps": 50, "linearized__widths": [32], "linearized__steps": 50}
-    blocks = {"ok": _test_block("kernels", **small),
-              "bad": _test_block("kernels", accuracy__lr=1e30, linearized__lr=1e30, **small)}
+    blocks = {"ok": config_block("kernels", **small),
+              "bad": config_block("kernels", accuracy__lr=1e30, linearized__lr=1e30, **small)}
     ds = tmp_path / "digits.h5"
     steps.STEPS["dataset"][0]({}, ds, KN.dataset_params(blocks["ok"], "digits"))
     files = {"accuracy": [], "linearized": []}
@@ -284,8 +251,8 @@ def test_double_descent_two_layer_blowup_is_flagged_in_the_summary(tmp_path):
     from memgen.experiments import double_descent as DD
 
     short = {"two_layer__steps": 200, "two_layer__n_logged": 20}
-    dds = {"small": _test_block("double_descent", **short),
-           "large": _test_block("double_descent", two_layer__lr=5.0, **short)}
+    dds = {"small": config_block("double_descent", **short),
+           "large": config_block("double_descent", two_layer__lr=5.0, **short)}
     runs, theories = [], []
     for init, dd in dds.items():
         runs.append(tmp_path / f"two_layer_{init}.h5")

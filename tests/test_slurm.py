@@ -18,14 +18,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, copy_workflow
 HAS_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
 HEAVY = {"ts_train", "ts_ntk_init", "ts_ntk_final", "ts_frozen"}
 LIGHT = {"ts_dataset", "ts_init", "ts_summary", "ts_figure"}
@@ -35,9 +34,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    copy_workflow(dest)
     (dest / "profiles" / "slurm" / "site.env").unlink(missing_ok=True)
     return dest
 
