@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 
 from browser import Browser, chromium
 from conftest import ROOT, copy_workflow
+from slurm.compare_outputs import compare, datasets, equal_arrays
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -101,33 +101,16 @@ def test_library_edit_marks_dependent_outputs_stale(built, tmp_path):
     assert "ts_dataset" not in jobs and "ts_init" not in jobs and "ts_ntk_init" not in jobs, jobs
 
 
-def _arrays(root: Path) -> dict[str, dict[str, tuple]]:
-    """file -> dataset -> (dtype, shape, bytes) for every HDF5 file under root/data."""
-    out = {}
-    for path in sorted((root / "data").rglob("*.h5")):
-        sets = {}
-        with h5py.File(path) as f:
-            f.visititems(lambda name, obj: sets.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
-            out[str(path.relative_to(root))] = {
-                name: (str(d.dtype), d.shape, np.ascontiguousarray(d[()]).tobytes()) for name, d in sets.items()}
-    return out
-
-
 def test_rerun_from_scratch_one_job_at_a_time_is_byte_identical(built, tmp_path_factory):
     """The same config from scratch in another directory, with 1 core (one job at a time
-    instead of two): the same files, and every dataset of every file byte-identical."""
+    instead of two): the same files, every dataset of every file byte-identical, the same
+    provenance, byte-identical summary CSVs."""
     again = _scratch(tmp_path_factory, "again")
     _snakemake(again, cores=1)
-    a, b = _arrays(built), _arrays(again)
-    assert sorted(a) == sorted(b)
-    n_datasets = 0
-    for path in a:
-        assert sorted(a[path]) == sorted(b[path]), path
-        for name in a[path]:
-            assert a[path][name] == b[path][name], f"{path}:{name} differs between the two runs"
-            n_datasets += 1
-    assert len(a) >= 40 and n_datasets >= 200, (len(a), n_datasets)  # (the test config's size)
-    print(f"compared {n_datasets} datasets in {len(a)} HDF5 files: byte-identical")
+    problems, n_files, n_datasets = compare(built, again, exact=True)
+    assert not problems, problems[:20]
+    assert n_files >= 40 and n_datasets >= 200, (n_files, n_datasets)  # (the test config's size)
+    print(f"compared {n_datasets} datasets in {n_files} HDF5 files: byte-identical")
 
 
 def test_killed_run_completes_on_the_next_invocation(built, tmp_path_factory):
@@ -173,7 +156,9 @@ def test_killed_run_completes_on_the_next_invocation(built, tmp_path_factory):
     assert not (work / target).exists(), "a killed job left a file under the final name"
     out = _snakemake(work, target, cores=1)
     assert (work / target).exists(), out[-3000:]
-    assert _arrays(work)[target] == _arrays(built)[target]
+    mine, clean = datasets(work / target), datasets(built / target)
+    assert sorted(mine) == sorted(clean)
+    assert all(equal_arrays(mine[k], clean[k], exact=True) for k in mine)
 
 
 def test_report_shows_every_figure_with_its_caption(built):

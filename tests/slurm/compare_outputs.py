@@ -27,17 +27,21 @@ def datasets(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+def equal_arrays(a: np.ndarray, b: np.ndarray, exact: bool = False) -> bool:
+    """Same shape, dtype and values (NaN == NaN); ``exact``: byte-identical."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    if exact:
+        return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
     if a.dtype.kind in "fc":
         return bool(np.array_equal(a, b, equal_nan=True))
     return bool(np.array_equal(a, b))
 
 
-def compare(a: Path, b: Path) -> tuple[list[str], int, int]:
-    """(differences, number of HDF5 files, number of datasets) between runs a and b."""
+def compare(a: Path, b: Path, exact: bool = False) -> tuple[list[str], int, int]:
+    """(differences, number of HDF5 files, number of datasets) between runs a and b;
+    ``exact``: datasets must be byte-identical, not only equal in value."""
     problems: list[str] = []
     files_a = {p.relative_to(a) for p in (a / "data").rglob("*.h5")}
     files_b = {p.relative_to(b) for p in (b / "data").rglob("*.h5")}
@@ -52,7 +56,7 @@ def compare(a: Path, b: Path) -> tuple[list[str], int, int]:
             problems.append(f"{rel}:{name}: dataset in one run only")
         for name in sorted(set(da) & set(db)):
             n_sets += 1
-            if not _equal(da[name], db[name]):
+            if not equal_arrays(da[name], db[name], exact):
                 problems.append(f"{rel}:{name}: values differ")
         with h5py.File(a / rel) as fa, h5py.File(b / rel) as fb:
             for key in PROVENANCE:
