@@ -43,7 +43,7 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from memgen.kernels import empirical_ntk, generic_ntk, gram_entries, sequential_ntk
+from memgen.kernels import empirical_ntk, generic_ntk, gram_entries, sequential_ntk, symmetric_tiles
 from memgen.models import FC
 
 
@@ -80,6 +80,48 @@ def structured_flops(n: int, d: int, h: int, L: int) -> float:
     bwd = 2 * n * (L - 1) * h * h  # delta_{l-1} = (delta_l W_l) * phi' (the last layer is a broadcast)
     dims = d + L * h + L * h  # activation Gram dims (d, h, ..., h) + signal Gram dims (h, ..., h)
     return fwd + bwd + 2 * gram_entries(n, n, symmetric=True) * dims
+
+
+def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: bool, symmetric: bool):
+    """The matrix products alone of an NTK Gram of FC(d, h, L) on n points, on random
+    matrices of the same shapes: ``passes`` forward + backward passes (back to the inputs
+    too with ``to_inputs``), then the d-wide and 2L h-wide Gram products, over the blocks of
+    :func:`memgen.kernels.symmetric_tiles` or the full square. Timed against the real code,
+    it separates the FLOP count from everything else: the fast path is passes=1 over the
+    triangle; nngeometry's ``GramMatrix`` with one batch is passes=2 (outer and inner loop,
+    gradients back to the inputs) over the full square."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, generator=g)
+    Ws = [torch.randn(h, d, generator=g)] + [torch.randn(h, h, generator=g) for _ in range(L - 1)]
+    v = torch.randn(1, h, generator=g)
+    feats = [torch.randn(n, d, generator=g)] + [torch.randn(n, h, generator=g) for _ in range(2 * L)]
+    tiles = list(symmetric_tiles(n)) if symmetric else [(0, n, 0, n)]
+
+    def run():
+        for _ in range(passes):
+            a = x @ Ws[0].t()
+            for W in Ws[1:]:
+                a = a @ W.t()
+            a @ v.t()
+            s = a
+            for W in Ws[:0:-1]:
+                s = s @ W
+            if to_inputs:
+                s @ Ws[0]
+        for f in feats:
+            for r0, r1, c0, c1 in tiles:
+                f[r0:r1] @ f[c0:c1].t()
+
+    return run
+
+
+def counted_gflop(fn) -> float:
+    """GFLOP of the matrix products (and elementwise ops) torch's profiler counts in fn()."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        fn()
+    return sum(e.flops for e in prof.events() if e.flops) / 1e9
 
 
 # ---------------------------------------------------------------- seed 000 baseline
@@ -217,6 +259,8 @@ def main(argv=None):
 
         for batch in (n, 256):
             fns[f"nngeometry_b{batch}"] = lambda batch=batch: nngeometry_gram(seqm, x, batch)
+        fns["gemm_fast"] = gemm_skeleton(n, d, h, L, passes=1, to_inputs=False, symmetric=True)
+        fns["gemm_nngeometry"] = gemm_skeleton(n, d, h, L, passes=2, to_inputs=True, symmetric=False)
     except ImportError:
         print("nngeometry not importable: run benchmarks/setup_bench_env.sh and use its python", file=sys.stderr)
     outs, best = interleaved(fns, args.repeats)
@@ -228,13 +272,21 @@ def main(argv=None):
     res["fast_gflops"] = flops / res["fast_fc_s"] / 1e9
     res["fast_fraction_of_matmul"] = res["fast_gflops"] / res["matmul_gflops"]
     res["nngeometry_s"] = None
-    if len(fns) > 3:
+    if "gemm_fast" in fns:
         for batch in (n, 256):
             res[f"nngeometry_b{batch}_s"] = best[f"nngeometry_b{batch}"]
             G = outs[f"nngeometry_b{batch}"]
             res[f"nngeometry_b{batch}_relerr"] = float((G - K_seq).norm() / K_seq.norm())
         res["nngeometry_s"] = min(res[f"nngeometry_b{b}_s"] for b in (n, 256))
         res["speedup_vs_nngeometry"] = res["nngeometry_s"] / res["fast_seq_s"]
+        # the same matrix products alone: the speed-up the FLOP count allows at this machine's GEMM speed
+        res["gemm_fast_s"], res["gemm_nngeometry_s"] = best["gemm_fast"], best["gemm_nngeometry"]
+        res["gemm_ceiling"] = res["gemm_nngeometry_s"] / res["gemm_fast_s"]
+        res["fast_counted_gflop"] = counted_gflop(lambda: sequential_ntk(seqm, x))
+        res["nngeometry_counted_gflop"] = counted_gflop(lambda: nngeometry_gram(seqm, x, n))
+        res["flop_ratio"] = res["nngeometry_counted_gflop"] / res["fast_counted_gflop"]
+        res["fast_gemm_share"] = res["gemm_fast_s"] / res["fast_seq_s"]
+        res["nngeometry_gemm_share"] = res["gemm_nngeometry_s"] / res[f"nngeometry_b{n}_s"]
 
     if not args.skip_loop:
         (K_loop, _, _), res["seed_loop_s"] = timed(lambda: compute_kernels(model, x, x[:0]))
@@ -266,6 +318,14 @@ def main(argv=None):
         ("nngeometry GramMatrix (best batch)", f(res["nngeometry_s"], ".3f") + " s",
          f"fast path {f(res.get('speedup_vs_nngeometry'), '.1f')}x faster (need >= 2x), rel. diff "
          f"{f(res.get(f'nngeometry_b{n}_relerr'), '.1e')}"),
+        ("FLOPs counted by torch.profiler (fast path / nngeometry)",
+         f"{f(res.get('fast_counted_gflop'), '.1f')} / {f(res.get('nngeometry_counted_gflop'), '.1f')} GFLOP",
+         f"nngeometry (batch {n}) executes {f(res.get('flop_ratio'), '.2f')}x the FLOPs"),
+        ("matrix products alone (fast path / nngeometry)",
+         f"{f(res.get('gemm_fast_s'), '.3f')} s / {f(res.get('gemm_nngeometry_s'), '.3f')} s",
+         f"ceiling on the speed-up: {f(res.get('gemm_ceiling'), '.2f')}x; memgen and nngeometry spend "
+         f"{f(res.get('fast_gemm_share'), '.0%')} and {f(res.get('nngeometry_gemm_share'), '.0%')} "
+         f"of their time (batch {n}) in them"),
         (f"generic path, small CNN (n={args.cnn_n})", f(res["cnn_generic_s"], ".3f") + " s",
          f"per-example loop {res['cnn_loop_s']:.3f} s: {res['cnn_speedup']:.1f}x (need >= 1x), "
          f"rel. diff {res['cnn_relerr']:.1e}"),
