@@ -260,7 +260,11 @@ def test_in_process_step_logs_gram_and_gd_progress(tmp_path, monkeypatch, capsys
               "model": {"d": 64, "h": 16, "L": 1, "activation": "relu", "beta": 5.0, "normalize": False,
                         "bias": False, "last_layer": "ntk"}}
     capsys.readouterr()
-    kernels.linearized_training({"dataset": tmp_path / "digits.h5"}, tmp_path / "lin.h5", params)
+    kernels.linearized_training({"dataset": tmp_path / "digits.h5"}, tmp_path / "quiet.h5", params)
+    assert capsys.readouterr().err == ""  # called directly, without a label: silent
+    # the label the CLI gives it (``STEP OUTPUT-STEM``)
+    kernels.linearized_training({"dataset": tmp_path / "digits.h5"}, tmp_path / "lin.h5", params,
+                                progress="linearized_training lin")
     err = capsys.readouterr().err.splitlines()
     gram = [line for line in err if line.startswith("[linearized_training lin ntk]")]
     gd = [line for line in err if line.startswith("[linearized_training lin]")]

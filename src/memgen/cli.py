@@ -53,7 +53,10 @@ def _run_step(args) -> None:
     from memgen.training import install_sigterm_handler
 
     install_sigterm_handler()  # SIGTERM (SLURM preemption / time limit): save a resume point, exit 143
-    fn(inputs, Path(args.output), params, device=args.device, resume_every_s=args.resume_every_s)
+    output = Path(args.output)
+    # progress lines of the step's long loops (memgen.progress) go to its log, labelled by step and output
+    fn(inputs, output, params, device=args.device, resume_every_s=args.resume_every_s,
+       progress=f"{args.command} {output.stem}")
 
 
 def _family(name: str):

@@ -79,6 +79,11 @@ def _number(x: float) -> str:
     return f"{int(x)}" if x.is_integer() and abs(x) < 1e15 else f"{x:.4g}"
 
 
+def sublabel(label: str | None, part: str) -> str | None:
+    """Label of one loop inside a labelled step: ``"label part"``; None (silent) stays None."""
+    return None if label is None else f"{label} {part}"
+
+
 class Progress:
     """Progress of one loop (module doc). ``total``: number of units to do (None:
     unknown, no ETA); ``initial``: units done before this process (a resumed run), not

@@ -217,9 +217,9 @@ class RunResult:
 
 def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | None = None,
         resume_every_s: float = 300.0, resume_params: dict | None = None,
-        progress_every_s: float | None = None, label: str = "train") -> RunResult:
+        progress_every_s: float | None = None, label: str | None = "train") -> RunResult:
     """Integrate ``problem`` until the margin is reached or a limit hits; progress lines
-    labelled ``label`` every ``progress_every_s`` seconds (module doc)."""
+    labelled ``label`` (None: silent) every ``progress_every_s`` seconds (module doc)."""
     loss = cfg.loss
     history: dict[str, list] = {k: [] for k in RECORD_KEYS}
     F_train, F_test = [], []

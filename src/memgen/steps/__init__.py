@@ -8,7 +8,9 @@ intermediate produced by other parameters is refused instead of silently used.
 
 One module per family (``core`` holds the steps the network families share), so the
 code hash of a step (memgen.provenance.STEP_MODULES) covers only its own family's file.
-``STEPS`` maps a step name to (function, required input names, help).
+``STEPS`` maps a step name to (function, required input names, help). The CLI also
+passes ``progress``, the label of the step's progress lines (``"STEP OUTPUT-STEM"``;
+None, the default when a step is called directly, is silent: memgen.progress).
 """
 
 from memgen.steps import core, curvature, double_descent, kernels

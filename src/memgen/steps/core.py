@@ -79,7 +79,7 @@ def _write_run(output, result, params, step, extra=None):
 
 
 def train(inputs: dict, output: Path, params: dict, device: str = "cpu", resume_every_s: float = 300.0,
-          **_) -> None:
+          progress: str | None = None, **_) -> None:
     """Gradient flow of F = alpha (f - f0) to the margin (memgen.training)."""
     dev = resolve_device(device)
     init_params = params["init"]
@@ -90,7 +90,7 @@ def train(inputs: dict, output: Path, params: dict, device: str = "cpu", resume_
     problem = NetworkProblem(model, w0, ds.x_train, ds.y_train, ds.x_test, cfg)
     resume = Path(str(output) + ".resume")
     result = run(problem, cfg, ds.y_test, resume_path=resume, resume_every_s=resume_every_s,
-                 resume_params=params, label=f"train {Path(output).stem}")
+                 resume_params=params, label=progress)
     _write_run(output, result, params, "train")
     resume.unlink(missing_ok=True)
 
@@ -99,7 +99,7 @@ KERNEL_SHAPES = {"K_train_train": ("n_train", "n_train"), "K_test_train": ("n_te
                  "K_test_test": ("n_test", "n_test")}
 
 
-def ntk(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def ntk(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None, **_) -> None:
     """Empirical NTK blocks at initialisation (inputs: dataset, init) or at the end of
     training (also ``run``, whose ``w_final`` is used)."""
     dev = resolve_device(device)
@@ -110,12 +110,13 @@ def ntk(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> N
     if params.get("run") is not None:
         r = h5io.read(inputs["run"], {"w_final": (model.numel,)}, step="train", expect_params=params["run"])
         w = torch.from_numpy(r["w_final"]).to(dev, dtype)
-    blocks = kernels.ntk_blocks(model, w, ds.x_train, ds.x_test, progress=f"ntk {Path(output).stem}")
+    blocks = kernels.ntk_blocks(model, w, ds.x_train, ds.x_test, progress=progress)
     h5io.write(output, dict(zip(KERNEL_SHAPES, blocks)), step="ntk", params=params,
                seed=init_params["seed"], code_sha256=code_hash("ntk"))
 
 
-def kernel_train(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def kernel_train(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+                 **_) -> None:
     """Frozen-kernel (linearized) flow with the NTK at initialisation."""
     dev = resolve_device(device)
     ntk_params = params["ntk"]
@@ -127,7 +128,7 @@ def kernel_train(inputs: dict, output: Path, params: dict, device: str = "cpu", 
     K = torch.from_numpy(k["K_train_train"]).to(dev, dtype)
     Kt = torch.from_numpy(k["K_test_train"]).to(dev, dtype)
     cfg = _flow_config(params)
-    result = run(KernelProblem(K, Kt, ds.y_train, cfg), cfg, ds.y_test, label=f"kernel {Path(output).stem}")
+    result = run(KernelProblem(K, Kt, ds.y_train, cfg), cfg, ds.y_test, label=progress)
     _write_run(output, result, params, "kernel_train")
 
 

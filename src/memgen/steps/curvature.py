@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from memgen import MemgenError, h5io
-from memgen.progress import Progress
+from memgen.progress import Progress, sublabel
 from memgen.provenance import code_hash
 # Inverse Hessian-vector products and influence functions (Koh & Liang 2017; seed 003).
 # Library: memgen.curvature. Params are built by memgen.experiments.curvature.
@@ -130,7 +130,8 @@ def _cv_load(inputs: dict, train_params: dict, with_model: bool = True):
     return data, model
 
 
-def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+                    **_) -> None:
     """Train a classifier to the optimum of mean logistic loss + (l2/2)||w||^2 (full batch,
     Newton-CG or L-BFGS, float64); store w and every point's loss."""
     from memgen import curvature as cv
@@ -138,7 +139,7 @@ def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu
     (xtr, ytr, xte, yte), _ = _cv_load(inputs, params, with_model=False)
     model = _cv_model(params["model"], xtr.shape[1])
     info = cv.fit(model, _cv_bce, xtr, ytr, l2=params["l2"], **params["fit"],
-                  progress=f"curvature_train {Path(output).stem}")
+                  progress=progress)
     with torch.no_grad():
         out_tr, out_te = model(xtr).squeeze(-1), model(xte).squeeze(-1)
         loss = torch.nn.functional.binary_cross_entropy_with_logits
@@ -161,7 +162,8 @@ def _cv_test_index(params: dict, test_losses: np.ndarray) -> int:
     return int(i)
 
 
-def curvature_influence(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def curvature_influence(inputs: dict, output: Path, params: dict, device: str = "cpu",
+                        progress: str | None = None, **_) -> None:
     """Predicted change of one test point's loss on removing each training point,
     (1/n) g_test^T (H + damping I)^{-1} g_i (memgen.curvature.influence_on_test_loss, CG),
     and the training points to check by retraining: the ``n_top`` largest |prediction|
@@ -174,7 +176,7 @@ def curvature_influence(inputs: dict, output: Path, params: dict, device: str = 
     ti = _cv_test_index(params, r["test_losses"])
     inf = cv.influence_on_test_loss(model, _cv_bce, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], damping=params["damping"],
                                     method="cg", l2=tp["l2"], cache_graph=True, vectorized=False, tol=params["cg_tol"],
-                                    progress=f"curvature_influence {Path(output).stem} cg")
+                                    progress=sublabel(progress, "cg"))
     pred = inf.removal_change.numpy()
     n = len(pred)
     sel = params["select"]
@@ -194,7 +196,8 @@ def curvature_influence(inputs: dict, output: Path, params: dict, device: str = 
 CV_INFLUENCE_SHAPES = {"predicted": ("n_train",), "selected": ("k",), "selected_top": ("k",)}
 
 
-def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+                  **_) -> None:
     """Actual change of the test loss on removing each selected training point: retrain
     on the other n - 1 points (warm start at the trained w, memgen.curvature.leave_one_out)."""
     from memgen import curvature as cv
@@ -206,7 +209,7 @@ def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu",
     ti = int(inf.attrs["test_index"])
     sel = inf["selected"]
     actual, grad_norms, iters = [], [], []
-    bar = Progress(f"curvature_loo {Path(output).stem}", len(sel), unit="retrain",
+    bar = Progress(progress, len(sel), unit="retrain",
                    message=f"leave-one-out retrainings of {len(ytr)} points")
     for k, i in enumerate(sel):
         a, infos = cv.leave_one_out(model, _cv_bce, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], [int(i)], l2=tp["l2"],
@@ -224,7 +227,8 @@ def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu",
                attrs={"test_index": ti, "max_grad_norm": float(max(grad_norms, default=0.0))})
 
 
-def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "cpu",
+                      progress: str | None = None, **_) -> None:
     """Accuracy vs number of HVPs of CG and LiSSA on (H + damping I) x = g_test, the
     influence system: relative error against a dense solve after every CG iteration and
     every ``record_every`` LiSSA steps (full batch at scale ``scale_factor`` (lambda_max +
@@ -242,8 +246,7 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
     l2, damping, n = tp["l2"], ip["damping"], len(ytr)
     data_hvp = cv.make_module_hvp(model, _cv_bce, [(xtr, ytr)], cache_graph=True)
     hvp_fn = lambda u: data_hvp(u) + l2 * u  # noqa: E731  (Hessian of the regularized objective)
-    label = f"curvature_solvers {Path(output).stem}"
-    ref, _ = cv.inverse_hvp(hvp_fn, v, method="exact", damping=damping, progress=f"{label} exact")
+    ref, _ = cv.inverse_hvp(hvp_fn, v, method="exact", damping=damping, progress=sublabel(progress, "exact"))
     err = lambda x: float((x - ref).norm() / ref.norm())  # noqa: E731
     rows = {"method": [], "hvps": [], "rel_error": []}
 
@@ -254,7 +257,7 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
 
     add("cg", 0, 1.0)
     _, cg_info = cv.inverse_hvp(hvp_fn, v, method="cg", damping=damping, tol=params["cg_tol"],
-                                callback=lambda k, x: add("cg", k, err(x)), progress=f"{label} cg")
+                                callback=lambda k, x: add("cg", k, err(x)), progress=sublabel(progress, "cg"))
     lp = params["lissa"]
     lam, pinfo = cv.top_eigenvalue(hvp_fn, v, iters=200, tol=1e-6, return_info=True)
     runs = [(f"lissa_full_x{f:g}", None, f * (lam + damping), 1.0) for f in lp["scale_factors"]]
@@ -270,7 +273,7 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
         _, info = cv.inverse_hvp(hvp_fn, v, method="lissa", damping=damping, scale=scale, depth=int(lp["depth"]),
                                  batch_hvps=batch_hvps, lambda_max=lam, record="iterate",
                                  record_every=int(lp["record_every"]), seed=int(lp["seed"]),
-                                 progress=f"{label} {name}")
+                                 progress=sublabel(progress, name))
         for j, xj in zip(info["path_steps"], info["path"][0]):
             add(name, pinfo["hvps"] + cost * j, err(xj))
     methods = sorted(set(rows["method"]))

@@ -28,7 +28,8 @@ def _dd_problem(d: dict):
     return linear.two_group_teacher(d["d_fast"], d["d_slow"], d["kappa"], d["theta_fast"], d["theta_slow"])
 
 
-def dd_linear(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def dd_linear(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+              **_) -> None:
     """Linear GD on ``draws`` independent data sets of the two-group teacher; population
     risk and per-group relative weight errors at the logged steps."""
     from memgen import linear
@@ -41,7 +42,7 @@ def dd_linear(inputs: dict, output: Path, params: dict, device: str = "cpu", **_
         X, y = linear.linear_teacher(d["n"], len(s), s, theta, d["noise_std"], seed=params["seed"],
                                      decoupled=d["decoupled"], batch=params["draws"])
         W = linear.linear_gd(X, y, params["steps"], lr, record=steps,
-                             progress=f"dd_linear {Path(output).stem}")  # (K, draws, d)
+                             progress=progress)  # (K, draws, d)
     arrays = {"step": steps, "risk": linear.population_risk(W, s, theta, d["noise_std"]),
               "werr": linear.group_weight_error(W, theta, (d["d_fast"], d["d_slow"])),
               "s": s, "theta": theta, "lr": torch.as_tensor(lr, dtype=torch.float64).expand(len(s))}
@@ -71,7 +72,8 @@ def dd_theory_linear(inputs: dict, output: Path, params: dict, device: str = "cp
     h5io.write(output, arrays, step="dd_theory_linear", params=params, code_sha256=code_hash("dd_theory_linear"))
 
 
-def dd_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def dd_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+                 **_) -> None:
     """GD on the two-layer linear network f(x) = v^T W x (one data draw): risk, loss,
     end-to-end weights and per-group weight errors at the logged steps; the data, both
     layers at init and at the end, and the Jacobian spectrum at init and at the end."""
@@ -84,7 +86,7 @@ def dd_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", 
                                      decoupled=d["decoupled"])
         run = linear.train_two_layer(X, y, s, theta, d["noise_std"], params["steps"], params["lr"],
                                      p=params["hidden"], init=params["init"], scale=params["scale"],
-                                     seed=params["init_seed"], progress=f"dd_two_layer {Path(output).stem}")
+                                     seed=params["init_seed"], progress=progress)
         k = torch.from_numpy(linear.logged_steps(params["steps"], params["n_logged"]))
         sv0, share0 = linear.jacobian_spectrum(X, run.W0, run.v0)
         diverged = not (torch.isfinite(run.risk).all() and torch.isfinite(run.W).all() and torch.isfinite(run.v).all())
@@ -131,7 +133,8 @@ def dd_theory_two_layer(inputs: dict, output: Path, params: dict, device: str = 
                code_sha256=code_hash("dd_theory_two_layer"))
 
 
-def dd_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def dd_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+                 **_) -> None:
     """Model-wise double descent, empirically: isotropic Gaussian features x in R^p,
     y = x.theta + eps, ||theta||^2 = snr sigma^2, n = round(ratio p) samples, ``draws``
     data sets per ratio (shared across SNRs). Test risk ||theta_hat - theta||^2 + sigma^2 of
@@ -146,7 +149,7 @@ def dd_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", 
     S, R = len(snrs), len(ratios)
     mn, es = np.empty((S, R, draws)), np.empty((S, R, draws))
     t_stop, ratio_used = np.empty((S, R)), np.empty(R)
-    bar = Progress(f"dd_modelwise {Path(output).stem}", R, unit="ratio",
+    bar = Progress(progress, R, unit="ratio",
                    message=f"{draws} draws of p={p} per ratio, {S} SNRs")
     with _one_blas_thread():
         for j, ratio in enumerate(ratios):

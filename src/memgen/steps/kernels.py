@@ -9,7 +9,7 @@ import torch
 
 from memgen import MemgenError, h5io, kernels
 from memgen.models import FC, FlatFC
-from memgen.progress import Progress
+from memgen.progress import Progress, sublabel
 from memgen.provenance import code_hash
 from memgen.steps.core import DTYPES, _load_dataset, resolve_device
 
@@ -51,7 +51,8 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((torch.sign(pred) == y).to(torch.float64).mean()) if torch.isfinite(pred).all() else float("nan")
 
 
-def kernel_accuracy(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def kernel_accuracy(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+                    **_) -> None:
     """Test accuracy (sign of the prediction vs +-1 labels) on the first ``n_train``
     points of the data set: empirical-NTK regression and the seed-002 NNGP predictor of a
     seeded FC, infinite-width NTK / NNGP kernel regression, and the FC trained by GD."""
@@ -68,7 +69,7 @@ def kernel_accuracy(inputs: dict, output: Path, params: dict, device: str = "cpu
     acc["nngp_inf"] = _accuracy(kernels.kernel_regression(ktt_nngp, kst_nngp, y, params["ridge_inf"]), yt)
     flat = net.flat()
     w, _, diverged = _gd_mse(flat, net.flat_parameters(), x, y, params["train"]["lr"], params["train"]["steps"],
-                             progress=f"kernel_accuracy {Path(output).stem}")
+                             progress=progress)
     with torch.no_grad():
         acc["trained"] = float("nan") if diverged else _accuracy(flat.forward(w, xt, keep=False)[0], yt)
     h5io.write(output, {f"acc_{k}": np.float64(v) for k, v in acc.items()}, step="kernel_accuracy",
@@ -76,7 +77,8 @@ def kernel_accuracy(inputs: dict, output: Path, params: dict, device: str = "cpu
                attrs={"diverged": diverged})
 
 
-def ntk_convergence(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def ntk_convergence(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
+                    **_) -> None:
     """Relative Frobenius error of the empirical NTK and NNGP (last hidden features,
     a.a'/h) of seeded FCs against the infinite-width kernels, on ``n_points`` points."""
     dev = resolve_device(device)
@@ -84,7 +86,7 @@ def ntk_convergence(inputs: dict, output: Path, params: dict, device: str = "cpu
     x = _kernels_data(inputs, params, dtype, params["n_points"])[0].to(dev)
     nngp_inf, ntk_inf = kernels.analytic_kernels(x, None, params["model"]["L"])
     ntk_err, nngp_err = [], []
-    bar = Progress(f"ntk_convergence {Path(output).stem}", len(params["seeds"]), unit="seed",
+    bar = Progress(progress, len(params["seeds"]), unit="seed",
                    message=f"h={params['model']['h']}, {len(x)} points")
     for k, seed in enumerate(params["seeds"]):
         net = FC(seed=seed, dtype=dtype, **params["model"]).to(dev)
@@ -98,7 +100,8 @@ def ntk_convergence(inputs: dict, output: Path, params: dict, device: str = "cpu
                params=params, seed=params["seeds"][0], code_sha256=code_hash("ntk_convergence"))
 
 
-def linearized_training(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def linearized_training(inputs: dict, output: Path, params: dict, device: str = "cpu",
+                        progress: str | None = None, **_) -> None:
     """GD on (1/2n) sum (f - y)^2 of a seeded FC and of its linearization at init (NTK,
     seed 001): losses on train/test and ||w_lin(t) - w(t)|| at log-spaced steps."""
     from memgen.dynamics import linearized_predictions, linearized_weights
@@ -110,8 +113,7 @@ def linearized_training(inputs: dict, output: Path, params: dict, device: str = 
     flat, w0 = net.flat(), net.flat_parameters()
     lr, steps = params["lr"], params["steps"]
     record = np.unique(np.round(np.concatenate([[0], np.geomspace(1, steps, params["checkpoints"])]))).astype(int)
-    label = f"linearized_training {Path(output).stem}"
-    Ktt, Kst, _ = kernels.ntk_blocks(flat, w0, x, xt, progress=label + " ntk")
+    Ktt, Kst, _ = kernels.ntk_blocks(flat, w0, x, xt, progress=sublabel(progress, "ntk"))
     with torch.no_grad():
         f0, f0t = flat.forward(w0, x, keep=False)[0], flat.forward(w0, xt, keep=False)[0]
     t = torch.as_tensor(record, dtype=dtype)
@@ -132,7 +134,7 @@ def linearized_training(inputs: dict, output: Path, params: dict, device: str = 
         rows["f_dist_test"].append(float((Fte[i] - ft).norm() / ft.norm().clamp_min(1e-300)))
 
     with torch.no_grad():
-        _, _, diverged = _gd_mse(flat, w0, x, y, lr, steps, record, on_record, progress=label)
+        _, _, diverged = _gd_mse(flat, w0, x, y, lr, steps, record, on_record, progress=progress)
     m = len(rows["loss_train"])
     arrays = {k: np.array(v) for k, v in rows.items()}
     arrays.update({"step": record[:m], "t": record[:m] * lr,
