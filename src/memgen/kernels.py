@@ -57,18 +57,21 @@ SYMMETRIC_LEAF = 128
 
 def _fc_chain(model: FlatFC, w: torch.Tensor):
     layers = [(W, B, s) for (W, B), s in zip(model.views(w), model.scales)]
-    act = model.act.value_and_derivative
+
+    def act(z):  # (z is not needed after: phi' in its place)
+        return model.act.value_and_derivative(z, consume=True)
+
     return layers, [act] * (len(layers) - 1)
 
 
 def _relu(z):
     a = z.clamp_min(0)
-    return a, torch.sign(a)  # (one pass over a: 1 where z > 0, else 0)
+    return a, torch.gt(z, 0, out=z)  # (z is not needed after: phi' = 1 where z > 0, else 0, in its place)
 
 
 def _tanh(z):
     t = torch.tanh(z)
-    return t, 1 - t * t
+    return t, torch.mul(t, t, out=z).neg_().add_(1)  # 1 - t^2, in z's place
 
 
 def _autograd_act(module: nn.Module):
@@ -130,37 +133,30 @@ def sequential_chain(model: nn.Module):
 
 
 def _chain_features(chain, x: torch.Tensor):
-    """Per layer (s_l a_l, delta_l, has_bias) for every example in x (n, ...)."""
+    """Per layer (a_l, delta_l, has_bias, s_l) for every example in x (n, ...)."""
     layers, acts = chain
     a = x.reshape(x.shape[0], -1).to(layers[0][0].dtype)
+    zero = a.new_zeros(())
     inputs, derivs = [], []
     for i, (W, B, s) in enumerate(layers):
         inputs.append(a)
         if i == len(layers) - 1:
             break
-        z = torch.addmm(B, a, W.t(), alpha=s) if B is not None else a @ W.t()
-        if B is None and s != 1.0:
-            z.mul_(s)
+        # z = s a W^T + b, the scale applied inside the product (no pass of its own)
+        z = torch.addmm(zero if B is None else B, a, W.t(), beta=0.0 if B is None else 1.0, alpha=s)
         a, da = acts[i](z)
         derivs.append(da)
     out = []
     delta = None  # None = ones (n, 1) at the output
     for i in range(len(layers) - 1, -1, -1):
         W, B, s = layers[i]
-        out.append((inputs[i] * s if s != 1.0 else inputs[i], delta, B is not None))
+        out.append((inputs[i], delta, B is not None, s))
         if i > 0:
-            if delta is None:  # ones (n, 1) @ W (1, h): every row is W
-                delta = derivs[i - 1] * W
+            if delta is None:  # ones (n, 1) @ W (1, h): every row is s W
+                delta = derivs[i - 1].mul_(W * s if s != 1.0 else W)
             else:
-                delta = (delta @ W).mul_(derivs[i - 1])
-            if s != 1.0:
-                delta.mul_(s)
+                delta = torch.addmm(zero, delta, W, beta=0.0, alpha=s).mul_(derivs[i - 1])
     return out[::-1]
-
-
-def _layer_features(model: FlatFC, w: torch.Tensor, x: torch.Tensor):
-    """Per layer: (s_l * a_l, delta_l, has_bias) for every example in x."""
-    return _chain_features(_fc_chain(model, w), x)
 
 
 def _block_rows(n2: int, itemsize: int, memory_budget: int) -> int:
@@ -182,10 +178,10 @@ def symmetric_tiles(n: int, leaf: int = SYMMETRIC_LEAF, r0: int = 0):
 
 def _gram_block(fa, fb, r0, r1, c0, c1) -> torch.Tensor:
     acc = None
-    for (a1, d1, bias), (a2, d2, _) in zip(fa, fb):
-        term = a1[r0:r1] @ a2[c0:c1].t()
-        if bias:
-            term.add_(1.0)
+    one = fa[0][0].new_ones(())
+    for (a1, d1, bias, s), (a2, d2, _, _) in zip(fa, fb):
+        # s^2 A A'^T (+ 1 with a bias): the scale and the bias inside the product
+        term = torch.addmm(one, a1[r0:r1], a2[c0:c1].t(), beta=1.0 if bias else 0.0, alpha=s * s)
         if d1 is None:  # (the output layer has delta = 1: D D'^T = all ones)
             acc = term if acc is None else acc.add_(term)
         elif acc is None:
@@ -474,14 +470,12 @@ def kernel_regression(k_train_train: torch.Tensor, k_test_train: torch.Tensor, y
 
 def last_hidden_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Input of the last linear layer (n, h), times its scale for FC."""
-    if isinstance(model, FC):
-        feats = _layer_features(model.flat(), model.flat_parameters(), x.to(model.flat_parameters().dtype))
-        return feats[-1][0]
-    chain = sequential_chain(model)
+    chain = _structured(model)
     if chain is None:
         raise MemgenError("last_hidden_features: needs FC or a plain Sequential of Linear + activations")
     with torch.no_grad():
-        return _chain_features(chain, x)[-1][0]
+        a, _, _, s = _chain_features(chain, x)[-1]
+    return a * s if s != 1.0 else a
 
 
 def nngp_predictor(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,

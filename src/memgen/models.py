@@ -85,7 +85,8 @@ class Activation:
             value.mul_(c)
         return value
 
-    def value_and_derivative(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_derivative(self, z: torch.Tensor, consume: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi(z), phi'(z)); ``consume`` (outside autograd): phi'(z) is written over z."""
         if z.requires_grad and torch.is_grad_enabled():  # differentiable path
             c = self.c
             if self.name == "relu":
@@ -100,7 +101,7 @@ class Activation:
                 value.mul_(c)
                 sig.mul_(c)
             return value, sig
-        return self._into(z, torch.empty_like(z), torch.empty_like(z))
+        return self._into(z, torch.empty_like(z), z if consume else torch.empty_like(z))
 
     def _into(self, z: torch.Tensor, value: torch.Tensor, deriv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """phi(z) and phi'(z) written into ``value`` and ``deriv`` (no autograd, no allocation).
