@@ -342,24 +342,25 @@ def ntk_gram_blocks(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tenso
             raise MemgenError("ntk_gram_blocks: no structured path for this model")
         return tuple(generic_ntk_blocks(model, [x_train, x_test], [(0, 0), (1, 0), (1, 1)],
                                         memory_budget=memory_budget))
-    with torch.no_grad():
-        ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
-        return (_gram(ftr, ftr, memory_budget, True), _gram(fte, ftr, memory_budget),
-                _gram(fte, fte, memory_budget, True))
+    return _chain_blocks(chain, x_train, x_test, memory_budget)
 
 
 def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: torch.Tensor,
                progress: str | None = None):
     """(K_train_train, K_test_train, K_test_test), sharing one forward pass per set.
     ``progress``: label of progress lines (memgen.progress, Gram entries) on stderr."""
+    return _chain_blocks(_fc_chain(model, w), x_train, x_test, progress=progress)
+
+
+def _chain_blocks(chain, x_train, x_test, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: str | None = None):
+    """The three Gram blocks of a structured chain, one forward pass per set."""
     n, m = len(x_train), len(x_test)
     bar = Progress(progress, gram_entries(n, n, True) + m * n + gram_entries(m, m, True), unit="entry",
                    message=f"NTK Gram blocks of {n} train, {m} test points")
     with torch.no_grad():
-        chain = _fc_chain(model, w)
         ftr, fte = _chain_features(chain, x_train), _chain_features(chain, x_test)
-        out = (_gram(ftr, ftr, symmetric=True, bar=bar), _gram(fte, ftr, bar=bar),
-               _gram(fte, fte, symmetric=True, bar=bar))
+        out = (_gram(ftr, ftr, memory_budget, True, bar), _gram(fte, ftr, memory_budget, bar=bar),
+               _gram(fte, fte, memory_budget, True, bar))
     bar.finish()
     return out
 
