@@ -300,7 +300,7 @@ def run_memgen(net, data, cfg, steps):
     training._margin_reached = lambda *a, **k: (orig(*a, **k), False)[1]
     try:
         t0 = perf_counter()
-        res = training.run(problem, run_cfg, data.y_test, progress_every_s=math.inf)
+        res = training.run(problem, run_cfg, data.y_test)
         wall = perf_counter() - t0
     finally:
         training._margin_reached = orig

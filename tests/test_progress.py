@@ -99,17 +99,6 @@ def test_explicit_eta_as_upper_bound_and_unknown_total(clock):
                                "[flow] 2000 step (20 step/s, 1m40s)"]
 
 
-def test_context_manager_finishes_on_success_only(clock):
-    out = io.StringIO()
-    with Progress("ok", 3, every=0, stream=out) as p:
-        p.update(3)
-    assert _lines(out)[-1].startswith("[ok] done 3/3 in ")
-    out = io.StringIO()
-    with pytest.raises(ValueError), Progress("bad", 3, stream=out):
-        raise ValueError
-    assert _lines(out) == ["[bad] 0/3 started"]
-
-
 def test_no_label_is_silent_but_counts(clock):
     out = io.StringIO()
     calls = []
@@ -187,10 +176,10 @@ def _kernel_run(max_steps=300, **kw):
 
 
 def test_flow_progress_gives_an_upper_bound_eta_and_leaves_the_run_unchanged(capsys):
-    quiet = _kernel_run(progress_every_s=1e9, label="kernel")
+    quiet = _kernel_run(progress_every_s=1e9, progress="kernel")
     q_err = capsys.readouterr().err.splitlines()
     assert len(q_err) == 2 and q_err[0].startswith("[kernel] 0 step started: 8 points to margin 1, limits ")
-    loud = _kernel_run(progress_every_s=0, label="kernel")
+    loud = _kernel_run(progress_every_s=0, progress="kernel")
     err = capsys.readouterr().err.splitlines()
     for key, a in quiet.arrays().items():
         assert np.array_equal(a, loud.arrays()[key], equal_nan=True), key
@@ -207,7 +196,7 @@ def test_resumed_flow_counts_its_rate_from_the_resume_point(tmp_path, capsys):
     first = _kernel_run(max_steps=40, progress_every_s=1e9, resume_path=resume, resume_every_s=0.0)
     assert first.status["stop_reason"] == "max_steps" and resume.exists()
     capsys.readouterr()
-    resumed = _kernel_run(progress_every_s=0, resume_path=resume, resume_every_s=1e9)
+    resumed = _kernel_run(progress_every_s=0, progress="train", resume_path=resume, resume_every_s=1e9)
     out, err = capsys.readouterr()
     saved = int(re.search(r"resuming from .* at step (\d+),", out).group(1))
     err = err.splitlines()

@@ -11,8 +11,6 @@ from memgen.losses import Loss
 from memgen.models import FC
 from memgen.training import FlowConfig, KernelProblem, NetworkProblem
 
-QUIET = {"progress_every_s": 1e9}
-
 
 def _kernel_run(alpha, normalization, max_dgrad, n=8):
     K = random_spd(n, seed=0)
@@ -21,7 +19,7 @@ def _kernel_run(alpha, normalization, max_dgrad, n=8):
     K_test = rng.standard_normal((5, n))
     cfg = FlowConfig(alpha=alpha, loss=Loss("mse"), normalization=normalization, max_dgrad=max_dgrad, max_time=4.0)
     res = training.run(KernelProblem(torch.tensor(K), torch.tensor(K_test), torch.tensor(y), cfg), cfg,
-                       torch.ones(5, dtype=torch.float64), **QUIET)
+                       torch.ones(5, dtype=torch.float64))
     rate = alpha if normalization == "code" else 1.0  # code: objective is alpha x the article one
     exact = np.array([(np.eye(n) - sl.expm(-rate * K * t / n)) @ y for t in res.records["t"]])
     err = np.linalg.norm(res.F_train[1:] - exact[1:], axis=1) / np.linalg.norm(exact[1:], axis=1)
@@ -69,7 +67,7 @@ def test_network_gradient_is_autograd_of_objective(loss, normalization):
 
 def test_network_converges_to_margin():
     problem, cfg, ds, _ = _tiny(1.0)
-    res = training.run(problem, cfg, ds.y_test, **QUIET)
+    res = training.run(problem, cfg, ds.y_test)
     assert res.status["converged"] and res.status["stop_reason"] == "converged"
     assert res.records["margin_min"][-1] >= 1 and (res.F_train[-1] * ds.y_train.numpy()).min() >= 1
     assert res.records["margin_min"][:-1].min() < 1 and res.records["train_err"][-1] == 0
@@ -81,7 +79,7 @@ def test_network_converges_to_margin():
 def test_lazy_network_follows_frozen_ntk_closed_form():
     """alpha -> infinity: the network's F(t) is the frozen-NTK solution (I - e^{-K t/n}) y."""
     problem, cfg, ds, model = _tiny(1e4, Loss("mse"), max_dgrad=1e-5, max_time=20.0)
-    res = training.run(problem, cfg, ds.y_test, **QUIET)
+    res = training.run(problem, cfg, ds.y_test)
     K = fc_ntk(model.flat(), model.flat_parameters(), ds.x_train).numpy()
     n, y = len(ds.y_train), ds.y_train.numpy()
     exact = np.array([(np.eye(n) - sl.expm(-K * t / n)) @ y for t in res.records["t"][1:]])
@@ -100,14 +98,14 @@ def test_nan_loss_derivative_ends_as_diverged(monkeypatch):
         return out if calls["n"] <= 30 else out * float("nan")
 
     monkeypatch.setattr(Loss, "derivative", derivative)
-    res = training.run(problem, cfg, ds.y_test, **QUIET)
+    res = training.run(problem, cfg, ds.y_test)
     assert res.status["diverged"] and res.status["stop_reason"] == "diverged" and not res.status["converged"]
     assert 0 < res.records["step"][-1] < 30  # the last accepted (finite) state is recorded
     assert np.isfinite(res.F_train).all()
 
 
 def test_resume_after_interrupt_gives_identical_arrays(tmp_path):
-    ref = training.run(*_tiny(1.0)[:2], _tiny(1.0)[2].y_test, **QUIET)
+    ref = training.run(*_tiny(1.0)[:2], _tiny(1.0)[2].y_test)
     path, params = tmp_path / "run.resume.h5", {"run": "tiny"}
 
     problem, cfg, ds, _ = _tiny(1.0)
@@ -122,7 +120,7 @@ def test_resume_after_interrupt_gives_identical_arrays(tmp_path):
 
     problem.prepare = interrupted
     with pytest.raises(KeyboardInterrupt):
-        training.run(problem, cfg, ds.y_test, resume_path=path, resume_every_s=0, resume_params=params, **QUIET)
+        training.run(problem, cfg, ds.y_test, resume_path=path, resume_every_s=0, resume_params=params)
     assert path.exists()
 
     problem, cfg, ds, _ = _tiny(1.0)
@@ -134,7 +132,7 @@ def test_resume_after_interrupt_gives_identical_arrays(tmp_path):
         return prepare_c(state)
 
     problem.prepare = counted
-    res = training.run(problem, cfg, ds.y_test, resume_path=path, resume_every_s=1e9, resume_params=params, **QUIET)
+    res = training.run(problem, cfg, ds.y_test, resume_path=path, resume_every_s=1e9, resume_params=params)
     assert resumed_calls["n"] < ref.records["step"][-1] - 40  # it continued, not restarted
     assert ref.status["converged"] and res.status == ref.status
     assert ref.records.keys() == res.records.keys()

@@ -152,13 +152,6 @@ class Progress:
         self._write(f"done {self._count(self.done)} in {format_duration(now - self.start)} "
                     f"({self._rate(self.rate(self.done, now))})", message)
 
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.finish()
-
     def _count(self, done: float) -> str:
         total = f"/{_number(self.total)}" if self.total is not None else ""
         return f"{_number(done)}{total}{' ' + self.unit if self.unit else ''}"

@@ -217,9 +217,9 @@ class RunResult:
 
 def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | None = None,
         resume_every_s: float = 300.0, resume_params: dict | None = None,
-        progress_every_s: float | None = None, label: str | None = "train") -> RunResult:
+        progress_every_s: float | None = None, progress: str | None = None) -> RunResult:
     """Integrate ``problem`` until the margin is reached or a limit hits; progress lines
-    labelled ``label`` (None: silent) every ``progress_every_s`` seconds (module doc)."""
+    labelled ``progress`` (None: silent) every ``progress_every_s`` seconds (module doc)."""
     loss = cfg.loss
     history: dict[str, list] = {k: [] for k in RECORD_KEYS}
     F_train, F_test = [], []
@@ -271,7 +271,7 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
 
     tau = cfg.tau
     n_train = len(prep.z)
-    progress = Progress(label, every=progress_every_s, unit="step", initial=step, bound=True,
+    bar = Progress(progress, every=progress_every_s, unit="step", initial=step, bound=True,
                         message=f"{n_train} points to margin 1, limits max_steps={cfg.max_steps} "
                                 f"max_time={cfg.max_time:g} max_wall={format_duration(cfg.max_wall)}"
                                 + (f", resumed at t={t:.4g}" if resumed is not None else ""))
@@ -303,10 +303,10 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
                 if status["stop_reason"]:
                     break
                 now = time.perf_counter()
-                if progress.due():  # build the line only when it is printed
+                if bar.due():  # build the line only when it is printed
                     t_rate = (t - mark[1]) / (now - mark[0]) if now > mark[0] else math.nan
-                    eta, limit = _eta_to_limit(cfg, step, t, now - wall0, progress.rate(step, now), t_rate)
-                    progress.update(step, f"t={t:.4g} dt={fs.dt:.2g} margin_min={float(prep.z.min()):.3f} "
+                    eta, limit = _eta_to_limit(cfg, step, t, now - wall0, bar.rate(step, now), t_rate)
+                    bar.update(step, f"t={t:.4g} dt={fs.dt:.2g} margin_min={float(prep.z.min()):.3f} "
                                           f"fit={int((prep.z >= 1).sum())}/{n_train} "
                                           f"train_err={float((prep.z <= 0).double().mean()):.3f}",
                                     force=True, eta=eta, eta_note=f"({limit})" if limit else "")
@@ -326,7 +326,7 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
         status["stop_reason"] = status["stop_reason"] or "converged"
         if status["stop_reason"] == "converged":
             status.update(converged=True, t_fit=0.0, step_fit=0)
-    progress.finish(step, f"stopped: {status['stop_reason']} at t={t:.4g}")
+    bar.finish(step, f"stopped: {status['stop_reason']} at t={t:.4g}")
     records = {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in history.items()}
     final = {k: v.detach().cpu().numpy() for k, v in problem.final(state).items()}
     return RunResult(records, np.stack(F_train), np.stack(F_test), final, status)

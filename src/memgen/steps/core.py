@@ -90,7 +90,7 @@ def train(inputs: dict, output: Path, params: dict, device: str = "cpu", resume_
     problem = NetworkProblem(model, w0, ds.x_train, ds.y_train, ds.x_test, cfg)
     resume = Path(str(output) + ".resume")
     result = run(problem, cfg, ds.y_test, resume_path=resume, resume_every_s=resume_every_s,
-                 resume_params=params, label=progress)
+                 resume_params=params, progress=progress)
     _write_run(output, result, params, "train")
     resume.unlink(missing_ok=True)
 
@@ -128,7 +128,7 @@ def kernel_train(inputs: dict, output: Path, params: dict, device: str = "cpu", 
     K = torch.from_numpy(k["K_train_train"]).to(dev, dtype)
     Kt = torch.from_numpy(k["K_test_train"]).to(dev, dtype)
     cfg = _flow_config(params)
-    result = run(KernelProblem(K, Kt, ds.y_train, cfg), cfg, ds.y_test, label=progress)
+    result = run(KernelProblem(K, Kt, ds.y_train, cfg), cfg, ds.y_test, progress=progress)
     _write_run(output, result, params, "kernel_train")
 
 
