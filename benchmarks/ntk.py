@@ -44,7 +44,7 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from memgen.kernels import empirical_ntk, generic_ntk, sequential_ntk, symmetric_tiles
+from memgen.kernels import _tiles_of, empirical_ntk, generic_ntk, sequential_ntk, symmetric_tiles
 from memgen.models import FC
 
 
@@ -76,8 +76,8 @@ MATMUL_SIZE = 4096
 def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: bool, symmetric: bool):
     """The matrix products alone of an NTK Gram of FC(d, h, L) on n points, on random
     matrices of the same shapes: ``passes`` forward + backward passes (back to the inputs
-    too with ``to_inputs``), then the d-wide and 2L h-wide Gram products, over the blocks of
-    :func:`memgen.kernels.symmetric_tiles` or the full square. Timed against the real code,
+    too with ``to_inputs``), then the d-wide and 2L h-wide Gram products, over the batched
+    tiles of :func:`memgen.kernels.symmetric_tiles` or the full square. Timed against the real code,
     it separates the FLOP count from everything else: the fast path is passes=1 over the
     triangle; nngeometry's ``GramMatrix`` with one batch is passes=2 (outer and inner loop,
     gradients back to the inputs) over the full square."""
@@ -86,7 +86,7 @@ def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: boo
     Ws = [torch.randn(h, d, generator=g)] + [torch.randn(h, h, generator=g) for _ in range(L - 1)]
     v = torch.randn(1, h, generator=g)
     feats = [torch.randn(n, d, generator=g)] + [torch.randn(n, h, generator=g) for _ in range(2 * L)]
-    tiles = list(symmetric_tiles(n)) if symmetric else [(0, n, 0, n)]
+    batches = list(symmetric_tiles(n)) if symmetric else [(0, 0, 1, n, n, n)]
 
     def run():
         for _ in range(passes):
@@ -100,8 +100,8 @@ def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: boo
             if to_inputs:
                 s @ Ws[0]
         for f in feats:
-            for r0, r1, c0, c1 in tiles:
-                f[r0:r1] @ f[c0:c1].t()
+            for r0, c0, J, step, rows, cols in batches:
+                torch.bmm(_tiles_of(f, r0, J, step, rows), _tiles_of(f, c0, J, step, cols).transpose(1, 2))
 
     return run
 

@@ -18,6 +18,7 @@ from memgen.kernels import (
     analytic_kernels,
     empirical_ntk,
     generic_ntk,
+    gram_entries,
     kernel_regression,
     model_vjp,
     nngp_predictor,
@@ -102,29 +103,40 @@ def test_structured_fc_matches_loop_and_small_budget(bias, last_layer):
     psd_and_symmetric(Ktt)
 
 
-@pytest.mark.parametrize("n", [1, 128, 129, 300, 517])
+@pytest.mark.parametrize("n", [0, 1, SYMMETRIC_LEAF, SYMMETRIC_LEAF + 1, 300, 517, 8 * SYMMETRIC_LEAF])
 def test_symmetric_tiles_cover_the_upper_triangle_once(n):
     cover = torch.zeros(n, n, dtype=torch.int64)
     work = 0
-    for r0, r1, c0, c1 in symmetric_tiles(n):
-        cover[r0:r1, c0:c1] += 1
-        if c0 != r0:  # off-diagonal blocks are mirrored
-            assert r1 <= c0
-            cover[c0:c1, r0:r1] += 1
-        work += (r1 - r0) * (c1 - c0)
+    batches = list(symmetric_tiles(n))
+    for r0, c0, J, step, rows, cols in batches:
+        for j in range(J):
+            r, c = r0 + j * step, c0 + j * step
+            assert r + rows <= n and c + cols <= n
+            cover[r:r + rows, c:c + cols] += 1
+            if c0 != r0:  # tiles above the diagonal are mirrored
+                assert r + rows <= c
+                cover[c:c + cols, r:r + rows] += 1
+            else:
+                assert rows == cols <= SYMMETRIC_LEAF
+        work += J * rows * cols
     assert bool((cover == 1).all())
-    assert work <= n * n / 2 + n * SYMMETRIC_LEAF / 2
+    assert work == gram_entries(n, n, symmetric=True) <= n * n / 2 + n * SYMMETRIC_LEAF / 2
+    if n == 8 * SYMMETRIC_LEAF:  # a power-of-two multiple: one batch per level
+        assert [J for _, _, J, _, _, _ in batches] == [1, 2, 4, 8]
 
 
-def test_symmetric_gram_blocks_equal_the_full_square():
-    """n > SYMMETRIC_LEAF: the mirrored upper-triangle blocks (whole and under a small
-    budget) give the same matrix as the full square (x2 given: no symmetry used)."""
+@pytest.mark.parametrize("budget", [None, 50_000, 20_000])
+def test_symmetric_gram_blocks_equal_the_full_square(budget):
+    """n > SYMMETRIC_LEAF, with uneven splits: the mirrored upper-triangle tiles (whole,
+    one tile of a batch per piece, row panels of a tile) give the same matrix as the full square
+    (x2 given: no symmetry used), exactly symmetric."""
     model = FC(3, 5, 2, activation="tanh", bias=True, last_layer="ntk", seed=2)
-    x = torch.randn(2 * SYMMETRIC_LEAF + 37, 3, generator=torch.Generator().manual_seed(3), dtype=DT)
-    full = empirical_ntk(model, x, x.clone())
-    close(empirical_ntk(model, x), full)
-    close(empirical_ntk(model, x, memory_budget=20_000), full)
-    assert torch.equal(empirical_ntk(model, x), empirical_ntk(model, x).t())
+    x = torch.randn(4 * SYMMETRIC_LEAF + 37, 3, generator=torch.Generator().manual_seed(3), dtype=DT)
+    kw = {} if budget is None else {"memory_budget": budget}
+    full = empirical_ntk(model, x, x.clone(), **kw)
+    K = empirical_ntk(model, x, **kw)
+    close(K, full)
+    assert torch.equal(K, K.t())
 
 
 def small_cnn():

@@ -17,7 +17,7 @@ Empirical NTK, two paths with one answer (tested against a per-example gradient 
 
   matrix products only, never per-example Jacobians; the Gram is built in row panels
   under a memory budget and, for x2 = None, only the upper triangle is computed, in the
-  blocks of :func:`symmetric_tiles` (then mirrored).
+  batched tiles of :func:`symmetric_tiles` (then mirrored).
 - **generic** (:func:`generic_ntk`): any module, per-example Jacobians from
   ``torch.func`` (vmap of jacrev), ``block`` examples at a time, the block size capped by
   a memory budget.
@@ -44,9 +44,10 @@ from memgen.progress import Progress
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries the Gram builders may use
 # Diagonal blocks of a symmetric Gram at most this size are computed whole; larger ones
-# are split (see symmetric_tiles). 128 keeps every product large enough for BLAS to run at
-# full rate (benchmarks/ntk.py) while skipping all but n * 64 entries of the lower half.
-SYMMETRIC_LEAF = 128
+# are split (see symmetric_tiles). With the equal tiles of a level in one batched product,
+# 64 keeps BLAS near full rate while skipping all but n * 32 entries of the lower half
+# (at n = h = 1024, leaves of 128 or 32 measured 1-3% slower; benchmarks/ntk.py).
+SYMMETRIC_LEAF = 64
 
 # ---------------------------------------------------------------- structured path
 #
@@ -159,67 +160,96 @@ def _chain_features(chain, x: torch.Tensor):
     return out[::-1]
 
 
-def _block_rows(n2: int, itemsize: int, memory_budget: int) -> int:
-    return max(1, int(memory_budget // (3 * max(n2, 1) * itemsize)))
+def symmetric_tiles(n: int, leaf: int = SYMMETRIC_LEAF):
+    """Batches (r0, c0, J, step, rows, cols) of equal tiles covering the upper triangle of
+    an n x n symmetric matrix: tile j < J of a batch is rows r0 + j*step + [0, rows) by
+    columns c0 + j*step + [0, cols). c0 == r0 marks diagonal tiles (computed whole), else
+    the tiles lie above the diagonal (and are mirrored). Recursively: the off-diagonal half
+    of each diagonal block, down to diagonal blocks of at most ``leaf`` rows; blocks of
+    equal size at equal spacing stay one batch (one batched product per feature), so a
+    power-of-two n takes one batch per level. Work: n^2 / 2 + n * leaf / 2 entries at most."""
+    yield from _split_diagonal(0, 1, n, n, leaf)
 
 
-def symmetric_tiles(n: int, leaf: int = SYMMETRIC_LEAF, r0: int = 0):
-    """Blocks (r0, r1, c0, c1) covering the upper triangle of an n x n symmetric matrix:
-    the off-diagonal half of each diagonal block, recursively, down to diagonal blocks of
-    at most ``leaf`` rows computed whole. Work: n^2 / 2 + n * leaf / 2 entries at most."""
-    if n <= leaf:
-        yield (r0, r0 + n, r0, r0 + n)
+def _split_diagonal(r0: int, J: int, step: int, size: int, leaf: int):
+    step = size if J == 1 else step
+    if size <= leaf:
+        yield (r0, r0, J, step, size, size)
         return
-    m = n // 2
-    yield (r0, r0 + m, r0 + m, r0 + n)
-    yield from symmetric_tiles(m, leaf, r0)
-    yield from symmetric_tiles(n - m, leaf, r0 + m)
+    m = size // 2
+    yield (r0, r0 + m, J, step, m, size - m)
+    if 2 * m == size and step == size:  # the halves of adjacent blocks: one batch, twice as long
+        yield from _split_diagonal(r0, 2 * J, m, m, leaf)
+    else:
+        yield from _split_diagonal(r0, J, step, m, leaf)
+        yield from _split_diagonal(r0 + m, J, step, size - m, leaf)
 
 
-def _gram_block(fa, fb, r0, r1, c0, c1) -> torch.Tensor:
+def _tiles_of(F: torch.Tensor, r0: int, J: int, step: int, rows: int) -> torch.Tensor:
+    """(J, rows, width) view of the rows r0 + j*step + [0, rows) of the matrix F."""
+    s0, s1 = F.stride()
+    return F.as_strided((J, rows, F.shape[1]), (step * s0, s0, s1), F.storage_offset() + r0 * s0)
+
+
+def _gram_block(fa, fb, r0, c0, J, step, rows, cols) -> torch.Tensor:
+    """(J, rows, cols): the tiles (r0, c0, J, step, rows, cols) of the Gram, one batched
+    product per feature."""
     acc = None
     one = fa[0][0].new_ones(())
+
+    def products(f1, f2, **scale):
+        return torch.baddbmm(one, _tiles_of(f1, r0, J, step, rows),
+                             _tiles_of(f2, c0, J, step, cols).transpose(1, 2), **scale)
+
     for (a1, d1, bias, s), (a2, d2, _, _) in zip(fa, fb):
         # s^2 A A'^T (+ 1 with a bias): the scale and the bias inside the product
-        term = torch.addmm(one, a1[r0:r1], a2[c0:c1].t(), beta=1.0 if bias else 0.0, alpha=s * s)
+        term = products(a1, a2, beta=1.0 if bias else 0.0, alpha=s * s)
         if d1 is None:  # (the output layer has delta = 1: D D'^T = all ones)
             acc = term if acc is None else acc.add_(term)
         elif acc is None:
-            acc = term.mul_(d1[r0:r1] @ d2[c0:c1].t())
+            acc = term.mul_(products(d1, d2, beta=0.0))
         else:  # one fused pass: acc += term * (D D'^T)
-            acc.addcmul_(term, d1[r0:r1] @ d2[c0:c1].t())
+            acc.addcmul_(term, products(d1, d2, beta=0.0))
     return acc
 
 
 def gram_entries(n1: int, n2: int, symmetric: bool = False) -> int:
     """Number of entries the structured Gram computes for an n1 x n2 block (symmetric:
-    the blocks of :func:`symmetric_tiles`); its progress total and FLOP count."""
-    return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in symmetric_tiles(n1)) if symmetric else n1 * n2
+    the tiles of :func:`symmetric_tiles`); its progress total and FLOP count."""
+    return sum(J * rows * cols for _, _, J, _, rows, cols in symmetric_tiles(n1)) if symmetric else n1 * n2
 
 
 def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = False,
           bar: Progress | None = None) -> torch.Tensor:
-    """sum_l (A_l A'_l^T + b) o (D_l D'_l^T) (b = 1 with biases), each block in row
-    panels of at most ``memory_budget`` bytes of temporaries. ``symmetric`` (fa is fb):
-    only the blocks of :func:`symmetric_tiles` are computed and mirrored, about half the
-    products of the full square, in blocks still large enough for BLAS to run at full
-    rate; the result is exactly symmetric. ``bar`` advances by the entries of each block."""
+    """sum_l (A_l A'_l^T + b) o (D_l D'_l^T) (b = 1 with biases), in pieces of at most
+    ``memory_budget`` bytes of temporaries (several tiles of a batch, or row panels of
+    one tile). ``symmetric`` (fa is fb): only the tiles of :func:`symmetric_tiles` are
+    computed and mirrored, about half the products of the full square, in batched
+    products large enough for BLAS to run at full rate; the result is exactly symmetric.
+    ``bar`` advances by the entries of each piece."""
     bar = bar or Progress(None)
     a0 = fa[0][0]
     n1, n2 = a0.shape[0], fb[0][0].shape[0]
     K = a0.new_empty(n1, n2)
-    for r0, r1, c0, c1 in symmetric_tiles(n1) if symmetric else [(0, n1, 0, n2)]:
-        rows = _block_rows(c1 - c0, a0.element_size(), memory_budget)
-        for q0 in range(r0, r1, rows):
-            q1 = min(r1, q0 + rows)
-            block = _gram_block(fa, fb, q0, q1, c0, c1)
-            K[q0:q1, c0:c1] = block
-            if c0 != r0:  # off-diagonal block of a symmetric Gram
-                K[c0:c1, q0:q1] = block.t()
-            bar.advance((q1 - q0) * (c1 - c0))
-        if symmetric and c0 == r0:  # a diagonal block computed whole: make it exactly symmetric
-            D = K[r0:r1, r0:r1]
-            D.copy_((D + D.t()).mul_(0.5))
+    per_entry = 3 * a0.element_size()  # bytes: the term, the signals' product and the sum
+    for r0, c0, J, step, rows, cols in symmetric_tiles(n1) if symmetric else [(0, 0, 1, n1, n1, n2)]:
+        tile_bytes = max(1, per_entry * rows * cols)
+        tiles = max(1, memory_budget // tile_bytes)  # per piece; a tile too big: row panels
+        panel = max(1, rows if tile_bytes <= memory_budget else memory_budget // (per_entry * cols))
+        jump = step * (n2 + 1)  # from one tile to the next in K
+        for j0 in range(0, J, tiles):
+            jn = min(tiles, J - j0)
+            for q0 in range(0, rows, panel):
+                q = min(panel, rows - q0)
+                r, c = r0 + j0 * step + q0, c0 + j0 * step
+                block = _gram_block(fa, fb, r, c, jn, step, q, cols)
+                K.as_strided((jn, q, cols), (jump, n2, 1), r * n2 + c).copy_(block)
+                if symmetric and c0 != r0:  # above the diagonal: mirrored below it
+                    K.as_strided((jn, q, cols), (jump, 1, n2), c * n2 + r).copy_(block)
+                bar.advance(jn * q * cols)
+        if symmetric and c0 == r0:  # diagonal tiles computed whole: make them exactly symmetric
+            D = K.as_strided((J, rows, rows), (jump, n2, 1), r0 * (n2 + 1))
+            D.copy_((D + D.transpose(1, 2)).mul_(0.5))
     return K
 
 
