@@ -137,6 +137,7 @@ def test_symmetric_gram_blocks_equal_the_full_square(budget):
     K = empirical_ntk(model, x, **kw)
     close(K, full)
     assert torch.equal(K, K.t())
+    close(empirical_ntk(model, x.t().contiguous().t(), **kw), full)  # column-major inputs: strided tiles
 
 
 def small_cnn():
