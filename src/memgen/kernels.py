@@ -15,9 +15,9 @@ Empirical NTK, two paths with one answer (tested against a per-example gradient 
       Theta(x, x') = sum_l s_l^2 (a_l(x) . a_l(x')) (delta_l(x) . delta_l(x'))
                      [+ sum_l delta_l(x) . delta_l(x')   with biases],
 
-  matrix products only, never per-example Jacobians; the Gram is built in row panels
-  under a memory budget and, for x2 = None, only the upper triangle is computed, in the
-  batched tiles of :func:`symmetric_tiles` (then mirrored).
+  matrix products only, never per-example Jacobians; the Gram is built in pieces under a
+  memory budget and, for x2 = None, only the upper triangle is computed, as batches of
+  equal tiles (:func:`symmetric_tiles`, one batched product per level; then mirrored).
 - **generic** (:func:`generic_ntk`): any module, per-example Jacobians from
   ``torch.func`` (vmap of jacrev), ``block`` examples at a time, the block size capped by
   a memory budget.
