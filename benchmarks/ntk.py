@@ -77,10 +77,10 @@ def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: boo
     """The matrix products alone of an NTK Gram of FC(d, h, L) on n points, on random
     matrices of the same shapes: ``passes`` forward + backward passes (back to the inputs
     too with ``to_inputs``), then the d-wide and 2L h-wide Gram products, over the batched
-    tiles of :func:`memgen.kernels.symmetric_tiles` or the full square. Timed against the real code,
-    it separates the FLOP count from everything else: the fast path is passes=1 over the
-    triangle; nngeometry's ``GramMatrix`` with one batch is passes=2 (outer and inner loop,
-    gradients back to the inputs) over the full square."""
+    tiles of :func:`memgen.kernels.symmetric_tiles` or the full square. Timed against the
+    real code, it separates the FLOP count from everything else: the fast path is passes=1
+    over the triangle; nngeometry's ``GramMatrix`` with one batch is passes=2 (outer and
+    inner loop, gradients back to the inputs) over the full square."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(n, d, generator=g)
     Ws = [torch.randn(h, d, generator=g)] + [torch.randn(h, h, generator=g) for _ in range(L - 1)]

@@ -134,7 +134,7 @@ def sweep(tmp_path_factory):
             assert run_step("train", {"dataset": ds, "init": init}, run, TS.train_params(ts, alpha, H, SEED)) == 0
             calls["poison"] = False
             assert run_step("ntk", {"dataset": ds, "init": init, "run": run}, final,
-                               TS.ntk_params(ts, H, SEED, alpha)) == 0
+                            TS.ntk_params(ts, H, SEED, alpha)) == 0
             runs.append(run)
             finals.append(final)
     finally:

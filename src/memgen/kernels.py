@@ -215,7 +215,7 @@ def _gram_block(fa, fb, r0, c0, J, step, rows, cols) -> torch.Tensor:
 
 def gram_entries(n1: int, n2: int, symmetric: bool = False) -> int:
     """Number of entries the structured Gram computes for an n1 x n2 block (symmetric:
-    the tiles of :func:`symmetric_tiles`); its progress total and FLOP count."""
+    the tiles of :func:`symmetric_tiles`): the progress total of the Gram builders."""
     return sum(J * rows * cols for _, _, J, _, rows, cols in symmetric_tiles(n1)) if symmetric else n1 * n2
 
 

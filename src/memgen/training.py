@@ -272,9 +272,9 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
     tau = cfg.tau
     n_train = len(prep.z)
     bar = Progress(progress, every=progress_every_s, unit="step", initial=step, bound=True,
-                        message=f"{n_train} points to margin 1, limits max_steps={cfg.max_steps} "
-                                f"max_time={cfg.max_time:g} max_wall={format_duration(cfg.max_wall)}"
-                                + (f", resumed at t={t:.4g}" if resumed is not None else ""))
+                   message=f"{n_train} points to margin 1, limits max_steps={cfg.max_steps} "
+                           f"max_time={cfg.max_time:g} max_wall={format_duration(cfg.max_wall)}"
+                           + (f", resumed at t={t:.4g}" if resumed is not None else ""))
     wall0 = time.perf_counter()
     last_save = wall0
     mark = (wall0, t)  # wall clock and t at the previous progress line: the recent rate of t
@@ -307,9 +307,9 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
                     t_rate = (t - mark[1]) / (now - mark[0]) if now > mark[0] else math.nan
                     eta, limit = _eta_to_limit(cfg, step, t, now - wall0, bar.rate(step, now), t_rate)
                     bar.update(step, f"t={t:.4g} dt={fs.dt:.2g} margin_min={float(prep.z.min()):.3f} "
-                                          f"fit={int((prep.z >= 1).sum())}/{n_train} "
-                                          f"train_err={float((prep.z <= 0).double().mean()):.3f}",
-                                    force=True, eta=eta, eta_note=f"({limit})" if limit else "")
+                                     f"fit={int((prep.z >= 1).sum())}/{n_train} "
+                                     f"train_err={float((prep.z <= 0).double().mean()):.3f}",
+                               force=True, eta=eta, eta_note=f"({limit})" if limit else "")
                     mark = (now, t)
                 if resume_path is not None and (now - last_save >= resume_every_s or _TERM["requested"]):
                     _save_resume(resume_path, resume_params, state, t, fs.next_dt, step,
