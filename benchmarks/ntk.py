@@ -16,10 +16,11 @@ FC d=30, h=1024, L=3 (relu, "ntk" last layer, no bias), n=1024 points, float32:
   n_te = 0);
 - ``nngeometry``: ``nngeometry.GramMatrix`` on the ``nn.Sequential`` (one batch of n,
   and batches of 256), from the separate benchmark venv only;
-- the machine's float32 matmul rate (``torch.mm`` of 4096 x 4096), and the fast path's
-  rate on its structured FLOP count (what it executes, counted by ``torch.profiler``:
-  forward, backward signals, and the per-layer Grams over the upper-triangle blocks of
-  the symmetric Gram);
+- the machine's float32 matmul rate: the faster of ``torch.mm`` (MKL) and oneDNN (the
+  GEMM memgen's ``_mm_nt`` runs on CPU) on 4096 x 4096, and the fast path's rate on its
+  structured FLOP count (what it executes: forward, backward signals, and the per-layer
+  Grams over the upper-triangle blocks of the symmetric Gram, counted by
+  ``torch.profiler`` and, for oneDNN's products, from their shapes);
 - peak RSS (VmHWM) of a fresh process that builds the 8192 x 8192 float64 train Gram of the same
   FC (h=1024, L=3), and of one that only imports torch + memgen;
 - the generic path (torch.func, :func:`memgen.kernels.generic_ntk`) against a
@@ -44,7 +45,8 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from memgen.kernels import _tiles_of, empirical_ntk, generic_ntk, sequential_ntk, symmetric_tiles
+from memgen.kernels import (ONEDNN_MIN_ROWS, _mm_nt, _tiles_of, _uses_onednn, empirical_ntk, generic_ntk,
+                            sequential_ntk, symmetric_tiles)
 from memgen.models import FC
 
 
@@ -73,46 +75,64 @@ def interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
 MATMUL_SIZE = 4096
 
 
-def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: bool, symmetric: bool):
+def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: bool, symmetric: bool,
+                  mm_nt=lambda a, b: a @ b.t()):
     """The matrix products alone of an NTK Gram of FC(d, h, L) on n points, on random
     matrices of the same shapes: ``passes`` forward + backward passes (back to the inputs
-    too with ``to_inputs``), then the d-wide and 2L h-wide Gram products, over the batched
-    tiles of :func:`memgen.kernels.symmetric_tiles` or the full square. Timed against the
-    real code, it separates the FLOP count from everything else: the fast path is passes=1
-    over the triangle; nngeometry's ``GramMatrix`` with one batch is passes=2 (outer and
-    inner loop, gradients back to the inputs) over the full square."""
+    too with ``to_inputs``), then the d-wide and 2L h-wide Gram products, over the tiles
+    of :func:`memgen.kernels.symmetric_tiles` (the large ones singly, by ``mm_nt``, where
+    the library does so; the others batched) or the full square; every 2-d product a @ b^T
+    by ``mm_nt``. Timed against the real code, it separates the FLOP count from everything
+    else: the fast path is passes=1 over the triangle with memgen's ``_mm_nt``;
+    nngeometry's ``GramMatrix`` with one batch is passes=2 (outer and inner loop,
+    gradients back to the inputs) over the full square with torch's matmul."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(n, d, generator=g)
     Ws = [torch.randn(h, d, generator=g)] + [torch.randn(h, h, generator=g) for _ in range(L - 1)]
     v = torch.randn(1, h, generator=g)
     feats = [torch.randn(n, d, generator=g)] + [torch.randn(n, h, generator=g) for _ in range(2 * L)]
     batches = list(symmetric_tiles(n)) if symmetric else [(0, 0, 1, n, n, n)]
+    single = symmetric and mm_nt is _mm_nt and _uses_onednn(x)
 
     def run():
         for _ in range(passes):
-            a = x @ Ws[0].t()
+            a = mm_nt(x, Ws[0])
             for W in Ws[1:]:
-                a = a @ W.t()
-            a @ v.t()
+                a = mm_nt(a, W)
+            mm_nt(a, v)
             s = a
             for W in Ws[:0:-1]:
-                s = s @ W
+                s = mm_nt(s, W.t())
             if to_inputs:
-                s @ Ws[0]
+                mm_nt(s, Ws[0].t())
         for f in feats:
             for r0, c0, J, step, rows, cols in batches:
-                torch.bmm(_tiles_of(f, r0, J, step, rows), _tiles_of(f, c0, J, step, cols).transpose(1, 2))
+                if J == 1 or (single and rows >= ONEDNN_MIN_ROWS):
+                    for j in range(J):
+                        r, c = r0 + j * step, c0 + j * step
+                        mm_nt(f[r:r + rows], f[c:c + cols])
+                else:
+                    torch.bmm(_tiles_of(f, r0, J, step, rows), _tiles_of(f, c0, J, step, cols).transpose(1, 2))
 
     return run
 
 
 def counted_gflop(fn) -> float:
-    """GFLOP of the matrix products (and elementwise ops) torch's profiler counts in fn()."""
+    """GFLOP of the matrix products (and elementwise ops) in fn(): what torch's profiler
+    counts, plus 2 m n k for each oneDNN product (mkldnn::_linear_pointwise, for which
+    it counts none)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
         fn()
-    return sum(e.flops for e in prof.events() if e.flops) / 1e9
+    flops = 0
+    for e in prof.events():
+        if e.name == "mkldnn::_linear_pointwise":
+            (m, k), (n, _) = e.input_shapes[:2]
+            flops += 2 * m * n * k
+        else:
+            flops += e.flops or 0
+    return flops / 1e9
 
 
 # ---------------------------------------------------------------- seed 000 baseline
@@ -245,6 +265,8 @@ def main(argv=None):
     ma, mb = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     fns = {"matmul": lambda: torch.mm(ma, mb), "fast_fc": lambda: empirical_ntk(model, x),
            "fast_seq": lambda: sequential_ntk(seqm, x)}
+    if _uses_onednn(ma):
+        fns["matmul_onednn"] = lambda: _mm_nt(ma, mb)
     try:
         import nngeometry  # noqa: F401
 
@@ -255,12 +277,14 @@ def main(argv=None):
     if have_nngeometry:
         for batch in (n, 256):
             fns[f"nngeometry_b{batch}"] = lambda batch=batch: nngeometry_gram(seqm, x, batch)
-        fns["gemm_fast"] = gemm_skeleton(n, d, h, L, passes=1, to_inputs=False, symmetric=True)
+        fns["gemm_fast"] = gemm_skeleton(n, d, h, L, passes=1, to_inputs=False, symmetric=True, mm_nt=_mm_nt)
         fns["gemm_nngeometry"] = gemm_skeleton(n, d, h, L, passes=2, to_inputs=True, symmetric=False)
     outs, best = interleaved(fns, args.repeats)
     K_fast, K_seq = outs["fast_fc"], outs["fast_seq"]
     res["fast_fc_s"], res["fast_seq_s"] = best["fast_fc"], best["fast_seq"]
-    res["matmul_gflops"] = 2 * MATMUL_SIZE**3 / best["matmul"] / 1e9
+    rate = {k: 2 * MATMUL_SIZE**3 / best[k] / 1e9 if k in best else None for k in ("matmul", "matmul_onednn")}
+    res["matmul_torch_gflops"], res["matmul_onednn_gflops"] = rate["matmul"], rate["matmul_onednn"]
+    res["matmul_gflops"] = max(r for r in rate.values() if r is not None)
     # the FLOPs the fast path executes (forward, backward signals, Gram tiles of the triangle)
     res["structured_gflop"] = counted_gflop(lambda: empirical_ntk(model, x))
     res["fast_gflops"] = res["structured_gflop"] / res["fast_fc_s"]
@@ -306,7 +330,9 @@ def main(argv=None):
 
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     rows = [
-        ("float32 matmul rate (torch.mm 4096^2)", f(res["matmul_gflops"], ".1f") + " GFLOP/s", ""),
+        ("float32 matmul rate, 4096^2 (torch.mm / oneDNN)",
+         f"{res['matmul_torch_gflops']:.1f} / {f(res['matmul_onednn_gflops'], '.1f')} GFLOP/s",
+         "the machine's rate: the faster of the two"),
         ("memgen fast path, FC", f(res["fast_fc_s"], ".3f") + " s",
          f"{res['fast_gflops']:.1f} GFLOP/s on {res['structured_gflop']:.1f} GFLOP = "
          f"{100 * res['fast_fraction_of_matmul']:.0f}% of matmul (need >= 50%)"),
@@ -319,7 +345,7 @@ def main(argv=None):
          f"fast path {f(res.get('speedup_vs_nngeometry'), '.2f')}x faster than the best batch (need >= 2x), "
          f"{f(res.get('speedup_vs_nngeometry_b256'), '.2f')}x than batch 256; rel. diff "
          f"{f(res.get(f'nngeometry_b{n}_relerr'), '.1e')}"),
-        ("FLOPs counted by torch.profiler (fast path / nngeometry)",
+        ("FLOPs executed (fast path / nngeometry)",
          f"{res['structured_gflop']:.1f} / {f(res.get('nngeometry_counted_gflop'), '.1f')} GFLOP",
          f"nngeometry (batch {n}) executes {f(res.get('flop_ratio'), '.2f')}x the FLOPs"),
         ("matrix products alone (fast path / nngeometry)",

@@ -11,7 +11,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 
-from memgen import MemgenError, data
+from memgen import MemgenError, data, kernels
 from memgen.dynamics import linearized_predictions, linearized_weights
 from memgen.kernels import (
     SYMMETRIC_LEAF,
@@ -138,6 +138,36 @@ def test_symmetric_gram_blocks_equal_the_full_square(budget):
     close(K, full)
     assert torch.equal(K, K.t())
     close(empirical_ntk(model, x.t().contiguous().t(), **kw), full)  # column-major inputs: strided tiles
+
+
+@pytest.mark.parametrize("budget", [None, 20_000])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_float32_gram_on_both_gemm_backends(onednn, budget, monkeypatch):
+    """float32 on CPU: with oneDNN's products (forward, backward, the large triangle tiles
+    one by one, the test/train block) or torch.mm's, the Gram of float64 up to float32
+    rounding, exactly symmetric."""
+    if onednn and kernels.ONEDNN_LINEAR is None:
+        pytest.skip("this torch has no oneDNN")
+    calls = []
+    if onednn:
+        op = kernels.ONEDNN_LINEAR
+        monkeypatch.setattr(kernels, "ONEDNN_LINEAR", lambda *args: calls.append(args[0].shape) or op(*args))
+    else:
+        monkeypatch.setattr(kernels, "ONEDNN_LINEAR", None)
+    m32 = FC(3, 40, 2, activation="relu", bias=True, last_layer="ntk", seed=2, dtype=torch.float32)
+    m64 = FC(3, 40, 2, activation="relu", bias=True, last_layer="ntk", dtype=DT).load_flat(m32.flat_parameters().double())
+    x = torch.randn(4 * SYMMETRIC_LEAF + 37, 3, generator=torch.Generator().manual_seed(3))
+    ref = empirical_ntk(m64, x.double())
+    kw = {} if budget is None else {"memory_budget": budget}
+    K = empirical_ntk(m32, x, **kw)
+    rows = sorted({shape[0] for shape in calls})
+    K21 = empirical_ntk(m32, x[:50], x, **kw)
+    assert K.dtype == K21.dtype == torch.float32
+    close(K.double(), ref, rtol=1e-5)
+    close(K21.double(), ref[:50], rtol=1e-5)
+    assert torch.equal(K, K.t())
+    if onednn:  # the forward and backward passes (293 rows) and, unless cut into row panels, the 146-row tiles
+        assert {293} | ({146} if budget is None else set()) <= set(rows) and 146 >= kernels.ONEDNN_MIN_ROWS
 
 
 def small_cnn():

@@ -18,6 +18,9 @@ Empirical NTK, two paths with one answer (tested against a per-example gradient 
   matrix products only, never per-example Jacobians; the Gram is built in pieces under a
   memory budget and, for x2 = None, only the upper triangle is computed, as batches of
   equal tiles (:func:`symmetric_tiles`, one batched product per level; then mirrored).
+  In float32 on CPU the 2-d products run on oneDNN where torch has it (``ONEDNN_LINEAR``:
+  15-20% faster than ``torch.mm``'s MKL on the AVX-512 AMD machine of benchmarks/ntk.py);
+  float64 and GPU tensors use ``torch.mm``.
 - **generic** (:func:`generic_ntk`): any module, per-example Jacobians from
   ``torch.func`` (vmap of jacrev), ``block`` examples at a time, the block size capped by
   a memory budget.
@@ -56,8 +59,9 @@ SYMMETRIC_LEAF = 64
 # one output.
 
 
-def _fc_chain(model: FlatFC, w: torch.Tensor):
-    layers = [(W, B, s) for (W, B), s in zip(model.views(w), model.scales)]
+def _fc_chain(model: FlatFC, weights):
+    """The chain of an FC from its (W, B or None) per layer."""
+    layers = [(W, B, s) for (W, B), s in zip(weights, model.scales)]
 
     def act(z):  # (z is not needed after: phi' in its place)
         return model.act.value_and_derivative(z, consume=True)
@@ -133,19 +137,50 @@ def sequential_chain(model: nn.Module):
     return layers, acts
 
 
+def _onednn_linear():
+    """torch's oneDNN linear op if this build has one and it computes a small a @ b^T + c
+    right, else None."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        a, b, c = torch.arange(6.0).view(2, 3), torch.arange(9.0).view(3, 3) - 4, torch.tensor([1.0, 2.0, 3.0])
+        return op if torch.backends.mkldnn.is_available() and torch.equal(op(a, b, c, "none", [], ""),
+                                                                             torch.addmm(c, a, b.t())) else None
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN, or a CPU it cannot run on
+        return None
+
+
+# oneDNN's float32 GEMM (the op torch.compile lowers CPU linear layers to), used by
+# _mm_nt on CPU; None (set it to switch oneDNN off): torch.mm everywhere. On the 2-core
+# AVX-512 machine of benchmarks/ntk.py it runs the NTK's products 15-20% faster than
+# torch.mm (MKL).
+ONEDNN_LINEAR = _onednn_linear()
+# In the symmetric Gram, float32 tiles of at least this many rows take one oneDNN product
+# each; smaller ones stay batched (torch.baddbmm), faster than many small oneDNN calls.
+ONEDNN_MIN_ROWS = 128
+
+
+def _uses_onednn(a: torch.Tensor) -> bool:
+    return ONEDNN_LINEAR is not None and a.dtype == torch.float32 and a.device.type == "cpu"
+
+
+def _mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b^T (+ bias, a vector over the columns), outside autograd."""
+    if _uses_onednn(a) and a.numel() and b.numel():
+        return ONEDNN_LINEAR(a, b, bias, "none", [], "")
+    return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
+
+
 def _chain_features(chain, x: torch.Tensor):
     """Per layer (a_l, delta_l, has_bias, s_l) for every example in x (n, ...)."""
     layers, acts = chain
     a = x.reshape(x.shape[0], -1).to(layers[0][0].dtype)
-    zero = a.new_zeros(())
     inputs, derivs = [], []
+    scaled = [W if s == 1.0 else W * s for W, _, s in layers]  # z = a (s W)^T + b: one small copy, no pass over a
     for i, (W, B, s) in enumerate(layers):
         inputs.append(a)
         if i == len(layers) - 1:
             break
-        # z = s a W^T + b, the scale applied inside the product (no pass of its own)
-        z = torch.addmm(zero if B is None else B, a, W.t(), beta=0.0 if B is None else 1.0, alpha=s)
-        a, da = acts[i](z)
+        a, da = acts[i](_mm_nt(a, scaled[i], B))
         derivs.append(da)
     out = []
     delta = None  # None = ones (n, 1) at the output
@@ -153,10 +188,10 @@ def _chain_features(chain, x: torch.Tensor):
         W, B, s = layers[i]
         out.append((inputs[i], delta, B is not None, s))
         if i > 0:
-            if delta is None:  # ones (n, 1) @ W (1, h): every row is s W
-                delta = derivs[i - 1].mul_(W * s if s != 1.0 else W)
+            if delta is None:  # ones (n, 1) @ s W (1, h): every row is s W
+                delta = derivs[i - 1].mul_(scaled[i])
             else:
-                delta = torch.addmm(zero, delta, W, beta=0.0, alpha=s).mul_(derivs[i - 1])
+                delta = _mm_nt(delta, scaled[i].t()).mul_(derivs[i - 1])
     return out[::-1]
 
 
@@ -192,24 +227,31 @@ def _tiles_of(F: torch.Tensor, r0: int, J: int, step: int, rows: int) -> torch.T
 
 
 def _gram_block(fa, fb, r0, c0, J, step, rows, cols) -> torch.Tensor:
-    """(J, rows, cols): the tiles (r0, c0, J, step, rows, cols) of the Gram, one batched
-    product per feature."""
+    """(J, rows, cols): the tiles (r0, c0, J, step, rows, cols) of the Gram, one product
+    per feature (batched for J > 1)."""
     acc = None
     one = fa[0][0].new_ones(())
 
-    def products(f1, f2, **scale):
+    def products(f1, f2, beta):  # f1 f2^T + beta on the tiles
+        if J == 1:
+            bias = f1.new_full((cols,), beta) if beta else None
+            return _mm_nt(f1[r0:r0 + rows], f2[c0:c0 + cols], bias).unsqueeze(0)
         return torch.baddbmm(one, _tiles_of(f1, r0, J, step, rows),
-                             _tiles_of(f2, c0, J, step, cols).transpose(1, 2), **scale)
+                             _tiles_of(f2, c0, J, step, cols).transpose(1, 2), beta=beta)
 
     for (a1, d1, bias, s), (a2, d2, _, _) in zip(fa, fb):
-        # s^2 A A'^T (+ 1 with a bias): the scale and the bias inside the product
-        term = products(a1, a2, beta=1.0 if bias else 0.0, alpha=s * s)
-        if d1 is None:  # (the output layer has delta = 1: D D'^T = all ones)
-            acc = term if acc is None else acc.add_(term)
-        elif acc is None:
-            acc = term.mul_(products(d1, d2, beta=0.0))
-        else:  # one fused pass: acc += term * (D D'^T)
-            acc.addcmul_(term, products(d1, d2, beta=0.0))
+        # s^2 (A A'^T + 1/s^2 with a bias) o (D D'^T): the bias inside the product
+        w = s * s
+        term = products(a1, a2, 1.0 / w if bias else 0.0)
+        signals = None if d1 is None else products(d1, d2, 0.0)  # (the output layer has D D'^T = 1)
+        if acc is None:
+            acc = term if signals is None else term.mul_(signals)
+            if w != 1.0:
+                acc.mul_(w)
+        elif signals is None:
+            acc.add_(term, alpha=w)
+        else:  # one fused pass: acc += w term (D D'^T)
+            acc.addcmul_(term, signals, value=w)
     return acc
 
 
@@ -234,7 +276,8 @@ def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = 
     per_entry = 3 * a0.element_size()  # bytes: the term, the signals' product and the sum
     for r0, c0, J, step, rows, cols in symmetric_tiles(n1) if symmetric else [(0, 0, 1, n1, n1, n2)]:
         tile_bytes = max(1, per_entry * rows * cols)
-        tiles = max(1, memory_budget // tile_bytes)  # per piece; a tile too big: row panels
+        # tiles per piece (one when oneDNN takes them singly); a tile too big: row panels
+        tiles = 1 if _uses_onednn(a0) and rows >= ONEDNN_MIN_ROWS else max(1, memory_budget // tile_bytes)
         panel = max(1, rows if tile_bytes <= memory_budget else memory_budget // (per_entry * cols))
         jump = step * (n2 + 1)  # from one tile to the next in K
         for j0 in range(0, J, tiles):
@@ -256,7 +299,7 @@ def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = 
 def fc_ntk(model: FlatFC, w: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None,
            memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
     """NTK Gram matrix (n1, n2) of :class:`FlatFC` at parameters ``w`` (structured)."""
-    chain = _fc_chain(model, w)
+    chain = _fc_chain(model, model.views(w))
     return _chain_gram(chain, x1, x2, memory_budget)
 
 
@@ -341,7 +384,7 @@ def generic_ntk_blocks(model, xs, pairs, block=256, memory_budget=DEFAULT_MEMORY
 
 def _structured(model: nn.Module):
     if isinstance(model, FC):
-        return _fc_chain(model.flat(), model.flat_parameters())
+        return _fc_chain(model.flat(), model.layers())
     return sequential_chain(model)
 
 
@@ -379,7 +422,7 @@ def ntk_blocks(model: FlatFC, w: torch.Tensor, x_train: torch.Tensor, x_test: to
                progress: str | None = None):
     """(K_train_train, K_test_train, K_test_test), sharing one forward pass per set.
     ``progress``: label of progress lines (memgen.progress, Gram entries) on stderr."""
-    return _chain_blocks(_fc_chain(model, w), x_train, x_test, progress=progress)
+    return _chain_blocks(_fc_chain(model, model.views(w)), x_train, x_test, progress=progress)
 
 
 def _chain_blocks(chain, x_train, x_test, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: str | None = None):

@@ -204,6 +204,11 @@ class FC(nn.Module):
     def flat_parameters(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
 
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Weight matrix and bias (or None) of each layer, detached (as FlatFC.views)."""
+        return [(getattr(self, f"W{i}").detach(), getattr(self, f"B{i}").detach() if self.spec.bias else None)
+                for i in range(self.spec.L + 1)]
+
     def load_flat(self, w: torch.Tensor) -> "FC":
         with torch.no_grad():
             torch.nn.utils.vector_to_parameters(w, self.parameters())
