@@ -267,7 +267,8 @@ def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = 
     ``memory_budget`` bytes of temporaries (several tiles of a batch, or row panels of
     one tile). ``symmetric`` (fa is fb): only the tiles of :func:`symmetric_tiles` are
     computed and mirrored, about half the products of the full square, in batched
-    products large enough for BLAS to run at full rate; the result is exactly symmetric.
+    products large enough for BLAS to run at full rate (in float32 on CPU, tiles of
+    ``ONEDNN_MIN_ROWS`` rows or more one by one on oneDNN); the result is exactly symmetric.
     ``bar`` advances by the entries of each piece."""
     bar = bar or Progress(None)
     a0 = fa[0][0]
