@@ -45,7 +45,7 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from memgen.kernels import (ONEDNN_MIN_ROWS, _mm_nt, _tiles_of, _uses_onednn, empirical_ntk, generic_ntk,
+from memgen.kernels import (_mm_nt, _one_by_one, _tiles_of, _uses_onednn, empirical_ntk, generic_ntk,
                             sequential_ntk, symmetric_tiles)
 from memgen.models import FC
 
@@ -92,7 +92,7 @@ def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: boo
     v = torch.randn(1, h, generator=g)
     feats = [torch.randn(n, d, generator=g)] + [torch.randn(n, h, generator=g) for _ in range(2 * L)]
     batches = list(symmetric_tiles(n)) if symmetric else [(0, 0, 1, n, n, n)]
-    single = symmetric and mm_nt is _mm_nt and _uses_onednn(x)
+    library = symmetric and mm_nt is _mm_nt  # the library's rule for which tiles go one by one
 
     def run():
         for _ in range(passes):
@@ -107,7 +107,7 @@ def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: boo
                 mm_nt(s, Ws[0].t())
         for f in feats:
             for r0, c0, J, step, rows, cols in batches:
-                if J == 1 or (single and rows >= ONEDNN_MIN_ROWS):
+                if J == 1 or (library and _one_by_one(f, rows)):
                     for j in range(J):
                         r, c = r0 + j * step, c0 + j * step
                         mm_nt(f[r:r + rows], f[c:c + cols])

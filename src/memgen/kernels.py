@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from memgen import MemgenError
-from memgen.models import FC, FlatFC
+from memgen.models import FC, Activation, FlatFC
 from memgen.progress import Progress
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of temporaries the Gram builders may use
@@ -59,24 +59,15 @@ SYMMETRIC_LEAF = 64
 # one output.
 
 
+def _consuming(act: Activation):
+    """``act(z) -> (phi(z), phi'(z))``, phi' written over z (not needed after)."""
+    return lambda z: act.value_and_derivative(z, consume=True)
+
+
 def _fc_chain(model: FlatFC, weights):
     """The chain of an FC from its (W, B or None) per layer."""
     layers = [(W, B, s) for (W, B), s in zip(weights, model.scales)]
-
-    def act(z):  # (z is not needed after: phi' in its place)
-        return model.act.value_and_derivative(z, consume=True)
-
-    return layers, [act] * (len(layers) - 1)
-
-
-def _relu(z):
-    a = z.clamp_min(0)
-    return a, torch.gt(z, 0, out=z)  # (z is not needed after: phi' = 1 where z > 0, else 0, in its place)
-
-
-def _tanh(z):
-    t = torch.tanh(z)
-    return t, torch.mul(t, t, out=z).neg_().add_(1)  # 1 - t^2, in z's place
+    return layers, [_consuming(model.act)] * (len(layers) - 1)
 
 
 def _autograd_act(module: nn.Module):
@@ -128,7 +119,8 @@ def sequential_chain(model: nn.Module):
             layers.append((m.weight.detach(), None if m.bias is None else m.bias.detach(), 1.0))
             pending = None
         elif isinstance(m, ELEMENTWISE) and type(m) in ELEMENTWISE and layers:
-            f = _relu if type(m) is nn.ReLU else _tanh if type(m) is nn.Tanh else _autograd_act(m)
+            native = {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(m))  # memgen's own (phi, phi') pass
+            f = _consuming(Activation(native, normalize=False)) if native else _autograd_act(m)
             pending = (pending or []) + [f]
         else:
             return None
@@ -161,6 +153,12 @@ ONEDNN_MIN_ROWS = 128
 
 def _uses_onednn(a: torch.Tensor) -> bool:
     return ONEDNN_LINEAR is not None and a.dtype == torch.float32 and a.device.type == "cpu"
+
+
+def _one_by_one(a: torch.Tensor, rows: int) -> bool:
+    """Whether the symmetric Gram of features like ``a`` takes its tiles of ``rows`` rows
+    one product each (oneDNN) rather than batched."""
+    return _uses_onednn(a) and rows >= ONEDNN_MIN_ROWS
 
 
 def _mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -278,7 +276,7 @@ def _gram(fa, fb, memory_budget: int = DEFAULT_MEMORY_BUDGET, symmetric: bool = 
     for r0, c0, J, step, rows, cols in symmetric_tiles(n1) if symmetric else [(0, 0, 1, n1, n1, n2)]:
         tile_bytes = max(1, per_entry * rows * cols)
         # tiles per piece (one when oneDNN takes them singly); a tile too big: row panels
-        tiles = 1 if _uses_onednn(a0) and rows >= ONEDNN_MIN_ROWS else max(1, memory_budget // tile_bytes)
+        tiles = 1 if _one_by_one(a0, rows) else max(1, memory_budget // tile_bytes)
         panel = max(1, rows if tile_bytes <= memory_budget else memory_budget // (per_entry * cols))
         jump = step * (n2 + 1)  # from one tile to the next in K
         for j0 in range(0, J, tiles):
