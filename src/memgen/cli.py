@@ -1,23 +1,30 @@
 """``python -m memgen STEP ...``: argument parsing only; every step is library code.
 
-Steps that turn HDF5 inputs into one HDF5 output share one calling convention::
+One command per declared step (memgen.families: ``ts_train``, ``kn_accuracy``, ...),
+all with the same calling convention::
 
-    python -m memgen train --input dataset=data/datasets/x.h5 --input init=data/init/y.h5 \\
+    python -m memgen ts_train --input dataset data/datasets/x.h5 --input init data/init/y.h5 \\
         --output data/runs/z.h5 --params '{"alpha": 1.0, ...}' [--device auto] [--threads 1]
 
-``--params`` is the JSON the workflow builds from the config (see memgen.experiments);
-it is stored verbatim in the output's provenance. Other commands: ``validate`` (check a
-config), ``summary``, ``figure``, ``code-hash``, ``plan`` (jobs and hours of a config).
+(``--input NAME PATH [PATH ...]`` once per input, several paths for a list input;
+``--output NAME=PATH`` per table for a step with several outputs.) ``--params`` is the
+JSON the workflow builds from the config (memgen.declare.job_params); it is stored
+verbatim in the output's provenance. Other commands: ``figure``, ``validate`` (check a
+config), ``code-hash``, ``plan`` (jobs and hours of a config).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from memgen import MemgenError
+
+OUTPUT_NEUTRAL = True  # memgen.provenance: parsing arguments cannot change what a step computes
+TRACE_ENV = "MEMGEN_TRACE_CODE"  # a folder: record the memgen functions each step runs (tests)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
@@ -30,63 +37,80 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
     return out
 
 
-def _threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
-def _run_step(args) -> None:
-    from memgen.steps import STEPS
-
-    fn, needed, _ = STEPS[args.command]
-    inputs = _pairs(args.input, "--input")
-    missing = [n for n in needed if n not in inputs]
-    if missing:
-        raise MemgenError(f"{args.command}: missing --input {', '.join(m + '=PATH' for m in missing)}")
-    try:
-        params = json.loads(args.params)
-    except json.JSONDecodeError as exc:
-        raise MemgenError(f"--params: not valid JSON ({exc})") from None
-    _threads(args.threads)
-    from memgen.training import install_sigterm_handler
-
-    install_sigterm_handler()  # SIGTERM (SLURM preemption / time limit): save a resume point, exit 143
-    output = Path(args.output)
-    # progress lines of the step's long loops (memgen.progress) go to its log, labelled by step and output
-    fn(inputs, output, params, device=args.device, resume_every_s=args.resume_every_s,
-       progress=f"{args.command} {output.stem}")
-
-
-def _family(name: str):
-    import importlib
-
-    try:
-        return importlib.import_module(f"memgen.experiments.{name}")
-    except ModuleNotFoundError:
-        raise MemgenError(f"unknown experiment family '{name}'") from None
-
-
 def _groups(values: list[list[str]] | None, flag: str) -> dict[str, list[Path]]:
     """``--input NAME PATH [PATH ...]`` (repeatable) -> {NAME: [paths]}."""
     out: dict[str, list[Path]] = {}
     for group in values or []:
-        if not group:
-            raise MemgenError(f"{flag}: expected NAME PATH [PATH ...]")
         out.setdefault(group[0], []).extend(Path(p) for p in group[1:])
     return out
 
 
-def _summary(args) -> None:
-    outputs = {k: v for k, v in _pairs(args.output, "--output").items()}
-    _family(args.family).summarize(_groups(args.input, "--input"), outputs)
+def _job(step, args):
+    from memgen.declare import Each, Job, resolve_device
+
+    given = _groups(args.input, "--input")
+    unknown = sorted(set(given) - set(step.inputs))
+    if unknown:
+        raise MemgenError(f"{step.name}: unknown --input {', '.join(unknown)}; its inputs: "
+                          f"{', '.join(step.inputs) or 'none'}")
+    inputs = {}
+    for name, source in step.inputs.items():
+        paths = given.get(name)
+        if paths is None or (not isinstance(source, Each) and len(paths) != 1):
+            what = "PATH [PATH ...]" if isinstance(source, Each) else "PATH"
+            raise MemgenError(f"{step.name}: needs --input {name} {what} (one file of step {_producer(source)})")
+        inputs[name] = paths if isinstance(source, Each) else paths[0]
+    given_out = [o for group in args.output for o in group]
+    if isinstance(step.output, str):
+        if len(given_out) != 1 or "=" in given_out[0]:
+            raise MemgenError(f"{step.name}: expected one --output PATH, got {given_out}")
+        output = Path(given_out[0])
+    else:
+        output = _pairs(given_out, "--output")
+        if set(output) != set(step.output):
+            raise MemgenError(f"{step.name}: expected --output NAME=PATH for each of {', '.join(step.output)}")
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        raise MemgenError(f"--params: not valid JSON ({exc})") from None
+    device = resolve_device(args.device) if step.device else "cpu"
+    stem = output.stem if isinstance(output, Path) else step.name
+    return Job(step, inputs, output, params, device=device, progress=f"{step.name} {stem}",
+               resume_every_s=args.resume_every_s)
+
+
+def _producer(source) -> str:
+    return getattr(source, "step", source).name
+
+
+def _run_step(args) -> None:
+    from memgen.families import step
+
+    declared = step(args.command)
+    job = _job(declared, args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from memgen.training import install_sigterm_handler
+
+    install_sigterm_handler()  # SIGTERM (SLURM preemption / time limit): save a resume point, exit 143
+    fn = declared.function()
+    trace = os.environ.get(TRACE_ENV)
+    if trace:
+        from memgen.codetrace import traced
+
+        with traced(Path(trace) / f"{declared.name}.{os.getpid()}.json"):
+            fn(job)
+    else:
+        fn(job)
 
 
 def _figure(args) -> None:
+    from memgen.families import family
     from memgen.figures import draw
 
-    draw(args.family, args.name, _pairs(args.input, "--input"), args.output, json.loads(args.options or "{}"))
+    draw(family(args.family), args.name, _pairs(args.input, "--input"), args.output, json.loads(args.options or "{}"))
 
 
 def _validate(args) -> None:
@@ -97,53 +121,43 @@ def _validate(args) -> None:
 
 
 def _code_hash(args) -> None:
-    from memgen.provenance import code_hash
+    from memgen.families import step
+    from memgen.provenance import code_closure, step_hash
 
-    print(code_hash(args.step))
+    s = step(args.step)
+    print(step_hash(s))
+    if args.closure:
+        names, modules = code_closure(*s.target())
+        print(f"{s.target()[0]}: {', '.join(names)}")
+        for m in sorted(modules):
+            print(m)
 
 
 def _plan(args) -> None:
-    from memgen import config, plan
+    from memgen import plan
 
-    cfg = config.load(args.configfile)
-    unit, overhead = plan.UNIT, plan.OVERHEAD
-    if args.calibrate:
-        unit, overhead, used = plan.calibrate(Path(args.calibrate))
-        print(f"calibrated from {args.calibrate}: overhead {overhead:.3g} s, samples {used or 'none'}")
-    print(plan.report(cfg, name=args.configfile, steps=args.steps, gpu_speedup=args.gpu_speedup,
-                      unit=unit, overhead=overhead))
+    print(plan.main(args))
 
 
-# Commands that need neither torch nor the step registry: a figure or summary job does
-# not pay the ~3 s of importing torch.
-LIGHT_COMMANDS = ("summary", "figure", "validate", "plan", "code-hash")
-
-
-def build_parser(with_steps: bool = True) -> argparse.ArgumentParser:
-    STEPS = {}
-    if with_steps:
-        from memgen.steps import STEPS
+def build_parser() -> argparse.ArgumentParser:
+    from memgen.families import steps
 
     parser = argparse.ArgumentParser(prog="python -m memgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, needed, help_) in STEPS.items():
-        p = sub.add_parser(name, help=help_, description=f"{help_}. Inputs: {', '.join(needed) or 'none'}.")
-        p.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
-        p.add_argument("--output", required=True, metavar="PATH")
+    for name, st in steps().items():
+        text = f"{st.family}: {st.help()}"
+        p = sub.add_parser(name, help=text, description=f"{text} Inputs: {', '.join(st.inputs) or 'none'}.")
+        p.add_argument("--input", nargs="+", action="append", metavar=("NAME", "PATH"),
+                       help="an input file (several for a list input); repeat per input")
+        p.add_argument("--output", nargs="+", action="append", required=True, metavar="PATH",
+                       help="the output file, or NAME=PATH per table of a step with several")
         p.add_argument("--params", required=True, metavar="JSON")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--resume-every-s", type=float, default=300.0,
-                       help="seconds between resumable checkpoints of long runs")
+                       help="seconds between resume points of resumable steps")
         p.set_defaults(func=_run_step)
-
-    p = sub.add_parser("summary", help="tidy CSV tables of a family's runs")
-    p.add_argument("family")
-    p.add_argument("--input", nargs="+", action="append", metavar=("NAME", "PATH"),
-                   help="a named group of input files (repeatable)")
-    p.add_argument("--output", action="append", default=[], metavar="NAME=PATH")
-    p.set_defaults(func=_summary)
 
     p = sub.add_parser("figure", help="draw one figure from summary CSVs")
     p.add_argument("family")
@@ -159,24 +173,30 @@ def build_parser(with_steps: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("plan", help="jobs per rule and estimated CPU / GPU hours of a config (runs nothing)",
-                       description="Jobs per rule and estimated CPU / GPU hours; the cost model is in memgen.plan.")
+                       description="Jobs per rule (from Snakemake's dry run) and estimated CPU / GPU hours; "
+                                   "the cost model is in memgen.plan.")
     p.add_argument("--configfile", required=True)
     p.add_argument("--steps", type=int, default=100_000, help="gradient-flow steps assumed per run")
     p.add_argument("--gpu-speedup", type=float, default=1.0,
-                   help="speed of a heavy job on its GPU relative to one CPU thread (measure it)")
+                   help="speed of a device job on its GPU relative to one CPU thread (measure it)")
     p.add_argument("--calibrate", metavar="DIR", default=None,
                    help="fit the per-unit costs to DIR/logs/benchmark + DIR/data of an earlier run")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("code-hash", help="hash of the library code behind a step")
+    p = sub.add_parser("code-hash", help="hash of the code behind a step")
     p.add_argument("step")
+    p.add_argument("--closure", action="store_true", help="also list the code it covers")
     p.set_defaults(func=_code_hash)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(with_steps=not (argv and argv[0] in LIGHT_COMMANDS)).parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except MemgenError as exc:  # a broken declaration: say so, not a traceback
+        print(f"memgen: error: {exc}", file=sys.stderr)
+        return 2
     try:
         args.func(args)
     except MemgenError as exc:

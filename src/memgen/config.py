@@ -131,17 +131,18 @@ def validate(config: dict[str, Any], schema_path: str | Path = DEFAULT_SCHEMA) -
 
 
 def semantic_problems(config: dict[str, Any]) -> list[str]:
-    """Checks across keys that a JSON schema cannot state: each family's ``check``."""
-    import importlib
+    """Checks a JSON schema cannot state: the families exist, and each family's ``check``
+    of its block (memgen.families)."""
+    from memgen.families import registry
 
-    out = []
-    for family, block in config.items():
-        if isinstance(block, dict) and family not in ("resources",):
-            try:
-                module = importlib.import_module(f"memgen.experiments.{family}")
-            except ModuleNotFoundError:
-                continue
-            out += [f"{family}.{problem}" for problem in module.check(block)]
+    fams = registry()
+    out = [f"families: unknown family {f!r}; known: {', '.join(fams)}" for f in config.get("families", [])
+           if f not in fams]
+    out += [f"families: {f!r} has no config block {f!r}" for f in config.get("families", [])
+            if f in fams and f not in config]
+    for name, fam in fams.items():
+        if isinstance(config.get(name), dict):
+            out += [f"{name}.{problem}" for problem in fam.check(config[name])]
     return out
 
 

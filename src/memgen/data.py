@@ -29,6 +29,10 @@ class Dataset:
     def d(self) -> int:
         return self.x_train.shape[1]
 
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """The four arrays by name, as a data-set step writes them."""
+        return {"x_train": self.x_train, "y_train": self.y_train, "x_test": self.x_test, "y_test": self.y_test}
+
     def to(self, device=None, dtype=None) -> "Dataset":
         conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         return Dataset(conv(self.x_train), conv(self.y_train), conv(self.x_test), conv(self.y_test), self.meta)
@@ -82,26 +86,16 @@ def make(params: dict[str, Any]) -> Dataset:
     return GENERATORS[name](**kwargs)
 
 
-SHAPES = {"x_train": ("n_train", "d"), "y_train": ("n_train",), "x_test": ("n_test", "d"), "y_test": ("n_test",)}
-
-
-def save(ds: Dataset, path, params: dict[str, Any], code_sha256: str = "") -> None:
-    arrays = {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test}
-    h5io.write(path, arrays, step="dataset", params=params, seed=params.get("seed"), code_sha256=code_sha256)
-
-
-def load(path, expect_params: dict[str, Any] | None = None, binary: bool = True) -> Dataset:
-    """Read a data set file written by :func:`save`, checking keys, shapes, that inputs
-    are finite and (when ``binary``) that labels are +-1.
-
-    With ``expect_params``, the sizes they state (``n_train``, ``n_test`` when > 0,
-    ``d``) must match the arrays too: a file whose provenance is right but whose arrays
-    are not is refused before any step computes with it.
-    """
-    data = h5io.read(path, SHAPES, step="dataset", expect_params=expect_params)
+def from_h5(data: h5io.H5Data, binary: bool = True) -> Dataset:
+    """A :class:`Dataset` from a data-set file already read (its arrays x_train, y_train,
+    x_test, y_test), checked: the sizes its params state (``n_train``, ``n_test`` when
+    > 0, ``d``) match the arrays, inputs are finite and (when ``binary``) labels are +-1.
+    A file whose provenance is right but whose arrays are not is refused before any step
+    computes with it."""
+    path, params = data.path, data.params
     sizes = {"n_train": ("x_train", 0), "n_test": ("x_test", 0), "d": ("x_train", 1)}
-    for key, (name, axis) in sizes.items() if expect_params is not None else ():
-        want = expect_params.get(key)
+    for key, (name, axis) in sizes.items():
+        want = params.get(key)
         if isinstance(want, int) and want > 0 and data[name].shape[axis] != want:
             raise h5io.H5Error(f"{path}: dataset '{name}' has shape {data[name].shape}, expected {key} = {want} "
                                f"along axis {axis} (the file's params say so)")
@@ -112,8 +106,8 @@ def load(path, expect_params: dict[str, Any] | None = None, binary: bool = True)
     for key in ("y_train", "y_test") if binary else ():
         if not np.all(np.isin(data[key], (-1.0, 1.0))):
             raise h5io.H5Error(f"{path}: dataset '{key}' must hold labels in {{-1, +1}}")
-    t = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in data.arrays.items()}
-    return Dataset(t["x_train"], t["y_train"], t["x_test"], t["y_test"], data.params)
+    t = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float64)) for k in ("x_train", "y_train", "x_test", "y_test")}
+    return Dataset(t["x_train"], t["y_train"], t["x_test"], t["y_test"], params)
 
 
 # ---------------------------------------------------------------- real data: two classes

@@ -1,4 +1,4 @@
-"""Atomic HDF5 files with provenance, and readers that check what they read.
+"""Atomic HDF5 (and CSV) files with provenance, and readers that check what they read.
 
 Every file memgen writes carries these root attributes:
 
@@ -7,7 +7,7 @@ Every file memgen writes carries these root attributes:
   produced it, and ``params_sha256`` its hash;
 - ``code_sha256``: hash of the library modules the step depends on
   (:func:`memgen.provenance.code_hash`);
-- ``seed``; ``torch_version``, ``numpy_version``.
+- ``seed``; ``torch_version``, ``numpy_version``; ``device`` (where a step computed).
 
 No wall-clock time is stored and datasets are written without HDF5 object timestamps,
 so the same inputs give byte-identical arrays. Every non-scalar dataset carries a
@@ -41,7 +41,7 @@ class H5Error(MemgenError):
 
 
 PROVENANCE_KEYS = {"memgen_version", "step", "params", "params_sha256", "code_sha256", "seed",
-                   "torch_version", "numpy_version"}
+                   "torch_version", "numpy_version", "device"}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -61,10 +61,13 @@ def write(
     seed: int | None = None,
     code_sha256: str = "",
     attrs: Mapping[str, Any] | None = None,
+    device: str | None = None,
 ) -> Path:
     """Write ``arrays`` (name -> array; ``"a/b"`` makes group ``a``) atomically.
 
-    ``attrs`` are extra scalar attributes on the root (e.g. ``diverged``).
+    ``attrs`` are extra scalar attributes on the root (e.g. ``diverged``); ``device``
+    (where the step computed: ``cpu``, ``cuda``) becomes the provenance attribute
+    ``device``.
     """
     import torch  # local: keep `import memgen.h5io` light
 
@@ -84,6 +87,8 @@ def write(
             f.attrs["seed"] = -1 if seed is None else int(seed)
             f.attrs["torch_version"] = str(torch.__version__)
             f.attrs["numpy_version"] = np.__version__
+            if device is not None:
+                f.attrs["device"] = device
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             for name in sorted(arrays):
@@ -192,6 +197,30 @@ def _check_shape(path: Path, name: str, got: tuple, want: Shape, dims: dict[str,
                 )
         elif size != spec:
             raise H5Error(f"{path}: dataset '{name}' has shape {got}, expected {want}")
+
+
+def shape_of(value: Any) -> tuple:
+    """Shape of an array, tensor or scalar (no copy)."""
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(value)
+
+
+def check_shapes(path: str | os.PathLike, shapes: Mapping[str, tuple], want: Mapping[str, Shape | None]) -> None:
+    """Check the shapes of datasets about to be written to ``path`` against ``want``
+    (the same rules as :func:`read`: named dimensions agree across datasets)."""
+    dims: dict[str, int] = {}
+    for name, shape in want.items():
+        if shape is not None and name in shapes:
+            _check_shape(Path(path), name, tuple(shapes[name]), shape, dims)
+
+
+def write_csv(df, path: str | os.PathLike) -> None:
+    """Atomic CSV write (temp file + rename), full float precision."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False, float_format="%.10g")
+    tmp.replace(path)
 
 
 def attrs_of(path: str | os.PathLike) -> dict[str, Any]:

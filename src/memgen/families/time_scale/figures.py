@@ -5,12 +5,11 @@ Each figure reads the summary CSVs only (``table``: one row per (alpha, h, seed)
 ``curves``: checkpoints of every run). Seeds are averaged (mean, min-max bars);
 diverged runs are dropped from means and, in the test-error figure, marked.
 Axes use the article's conventions (``sqrt_h_alpha`` = sqrt(h) alpha_article and times
-in article units, see memgen.experiments.time_scale.article_units), so runs with either
+in article units, see memgen.families.time_scale.params.article_units), so runs with either
 last-layer scaling or loss normalization land on the same axes.
 """
 
 from __future__ import annotations
-
 
 import matplotlib
 import numpy as np
@@ -18,26 +17,11 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from memgen import MemgenError
-from memgen.experiments.time_scale import FIGURES
-from memgen.figures import style
-
-# figure -> input -> columns it needs
-NEEDS = {
-    "loss_vs_time": {"curves": ["alpha", "h", "seed", "t", "alpha2_loss"]},
-    "time_to_fit": {"table": ["h", "seed", "sqrt_h_alpha", "t_fit", "converged", "diverged"]},
-    "kernel_change": {"table": ["h", "seed", "sqrt_h_alpha", "ntk_rel_change", "ntk_shape_change", "diverged"]},
-    "test_error": {"table": ["sqrt_h_alpha", "h", "seed", "test_err", "diverged"]},
-    "memorization_time": {"table": ["sqrt_h_alpha", "h", "seed", "t_memorize", "t_best_test", "diverged"]},
-}
-assert set(NEEDS) == set(FIGURES)
+from memgen.figures import figure, style
 
 SQRT_H_ALPHA = r"$\sqrt{h}\,\alpha$"
 
-
-
-
 # ---------------------------------------------------------------- helpers
-
 
 
 def _widths(df: pd.DataFrame):
@@ -75,7 +59,11 @@ def _note_if_empty(ax, n: int, what: str) -> None:
 
 # ---------------------------------------------------------------- figures
 
-def _loss_vs_time(curves: pd.DataFrame, options: dict):
+@figure(curves=['alpha', 'h', 'seed', 't', 'alpha2_loss'])
+def loss_vs_time(curves: pd.DataFrame, options: dict):
+    """Training loss alpha^2 L vs time t of one width and seed, one curve per scale
+    alpha (colour): small alpha trains in the feature regime, large alpha in the lazy
+    regime."""
     h = options.get("h") or int(curves["h"].min())
     seed = int(options.get("seed", 0))
     sel = curves[(curves["h"] == h) & (curves["seed"] == seed)]
@@ -94,7 +82,11 @@ def _loss_vs_time(curves: pd.DataFrame, options: dict):
     return fig
 
 
-def _time_to_fit(table: pd.DataFrame, options: dict):
+@figure(table=['h', 'seed', 'sqrt_h_alpha', 't_fit', 'converged', 'diverged'])
+def time_to_fit(table: pd.DataFrame, options: dict):
+    """Time t_fit at which every training margin is reached vs sqrt(h) alpha (article
+    convention), seed mean with min-max bars, one series per width h: the widths
+    collapse on one curve, whose change of slope marks the lazy/feature crossover."""
     fig, ax = style.figure()
     fit = table[table["converged"] & ~table["diverged"]]
     n = sum(_points(ax, rows, "sqrt_h_alpha", "t_fit", st, f"$h={h}$", log_y=True) for h, st, rows in _widths(fit))
@@ -105,7 +97,11 @@ def _time_to_fit(table: pd.DataFrame, options: dict):
     return fig
 
 
-def _kernel_change(table: pd.DataFrame, options: dict):
+@figure(table=['h', 'seed', 'sqrt_h_alpha', 'ntk_rel_change', 'ntk_shape_change', 'diverged'])
+def kernel_change(table: pd.DataFrame, options: dict):
+    """Change of the NTK during training vs sqrt(h) alpha: left, relative change
+    ||Theta_T - Theta_0|| / ||Theta_0||; right, change of its shape (normalised
+    kernels). Large in the feature regime, vanishing in the lazy regime."""
     fig, (left, right) = style.figure(ncols=2, sharex=True)
     ok = _ok(table)
     n = 0
@@ -123,7 +119,11 @@ def _kernel_change(table: pd.DataFrame, options: dict):
     return fig
 
 
-def _test_error(table: pd.DataFrame, options: dict):
+@figure(table=['sqrt_h_alpha', 'h', 'seed', 'test_err', 'diverged'])
+def test_error(table: pd.DataFrame, options: dict):
+    """Test error at the end of training vs sqrt(h) alpha, per width (seed mean, min-max
+    bars); dashed: the network's frozen NTK at init trained to the same criterion; red
+    crosses mark diverged runs."""
     fig, ax = style.figure()
     ok = _ok(table)
     frozen = "frozen_test_err" in table.columns
@@ -151,7 +151,10 @@ def _test_error(table: pd.DataFrame, options: dict):
     return fig
 
 
-def _memorization_time(table: pd.DataFrame, options: dict):
+@figure(table=['sqrt_h_alpha', 'h', 'seed', 't_memorize', 't_best_test', 'diverged'])
+def memorization_time(table: pd.DataFrame, options: dict):
+    """Time to memorise the training set (train error 0, filled) and time of the best
+    test error (open) vs sqrt(h) alpha, per width."""
     fig, ax = style.figure()
     ok = _ok(table)
     n = 0
