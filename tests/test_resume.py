@@ -1,11 +1,16 @@
-"""Preemption safety of `python -m memgen train`: a run killed mid-way (SIGKILL, or
+"""Preemption safety of `python -m memgen ts_train`: a run killed mid-way (SIGKILL, or
 SIGTERM as SLURM sends on preemption / time limit / scancel) leaves no final output
 but a resume file; the same command started again resumes from it and ends with
-arrays identical (np.array_equal on every dataset) to an uninterrupted run."""
+arrays identical (np.array_equal on every dataset) to an uninterrupted run.
+
+The kills trigger on the run's own progress (memgen.faults: the run pauses at a step
+count, with a resume point saved there, and the test signals it once the pause file
+appears), so they land at the same step on a fast idle machine and on a loaded one."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -33,23 +38,28 @@ def _memgen(*args: str) -> list[str]:
     return [sys.executable, "-m", "memgen", *args, "--device", "cpu", "--threads", "1"]
 
 
+PAUSE_STEP = 300  # of the ~1500 steps of the reference run
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     from memgen import config
-    from memgen.experiments import time_scale as TS
+    from memgen.declare import job_params
+    from memgen.families.time_scale import DATASET, INIT, TRAIN
 
     block = config.validate({"families": ["time_scale"], "time_scale": json.loads(json.dumps(BLOCK))})["time_scale"]
+    wc = {"alpha": f"{ALPHA:g}", "h": str(H), "seed": str(SEED)}
     work = tmp_path_factory.mktemp("resume")
     ds, init = work / "dataset.h5", work / "init.h5"
-    subprocess.run(_memgen("dataset", "--output", str(ds), "--params", json.dumps(TS.dataset_params(block))),
+    subprocess.run(_memgen("ts_dataset", "--output", str(ds), "--params", json.dumps(job_params(DATASET, block, wc))),
                    check=True, timeout=120)
-    subprocess.run(_memgen("init", "--input", f"dataset={ds}", "--output", str(init),
-                           "--params", json.dumps(TS.init_params(block, H, SEED))), check=True, timeout=120)
-    params = json.dumps(TS.train_params(block, ALPHA, H, SEED))
+    subprocess.run(_memgen("ts_init", "--input", "dataset", str(ds), "--output", str(init),
+                           "--params", json.dumps(job_params(INIT, block, wc))), check=True, timeout=120)
+    params = json.dumps(job_params(TRAIN, block, wc))
 
     def train(output: Path, resume_every_s: float) -> list[str]:
-        return _memgen("train", "--input", f"dataset={ds}", "--input", f"init={init}", "--output", str(output),
-                       "--params", params, "--resume-every-s", str(resume_every_s))
+        return _memgen("ts_train", "--input", "dataset", str(ds), "--input", "init", str(init), "--output",
+                       str(output), "--params", params, "--resume-every-s", str(resume_every_s))
 
     ref = work / "reference.h5"
     t0 = time.perf_counter()
@@ -74,19 +84,19 @@ def _assert_same(a: Path, b: Path) -> None:
             assert fa.attrs[key] == fb.attrs[key], key
 
 
-def _kill_midway(cmd: list[str], sig: int, resume: Path, after_s: float) -> subprocess.CompletedProcess:
-    """Start ``cmd``, wait for its first resume file (training is under way), send
-    ``sig`` ``after_s`` seconds later, and return the result."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not resume.exists():
-        assert proc.poll() is None, "the run ended before it could be killed: make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(after_s)
-    assert proc.poll() is None, "the run ended before it could be killed: make it longer"
+def _kill_at_step(cmd: list[str], sig: int, resume: Path, pause: Path) -> subprocess.CompletedProcess:
+    """Start ``cmd`` with a pause at step PAUSE_STEP (memgen.faults: a resume point is
+    saved there first), send ``sig`` once it pauses, and return the result."""
+    env = {**os.environ, "MEMGEN_PAUSE_AT": f"ts_train:{PAUSE_STEP}", "MEMGEN_PAUSE_FILE": str(pause)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not pause.exists():
+        assert proc.poll() is None, "the run ended before its pause step: make it longer"
+        assert time.monotonic() < deadline, "the run never reached its pause step"
+        time.sleep(0.02)  # ok-clock: polls for the pause file, the trigger is the step count
+    assert resume.exists()
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
@@ -95,19 +105,19 @@ def test_reference_run_is_long_enough(inputs):
     with h5py.File(ref) as f:
         assert f.attrs["converged"], "the reference run should reach the margin"
         steps = int(f["trajectory/step"][-1])
-    assert steps > 500, (steps, seconds)
+    assert steps > 2 * PAUSE_STEP, (steps, seconds)
 
 
 def test_sigkill_then_restart_gives_identical_arrays(inputs, tmp_path):
     train, ref, _ = inputs
     out = tmp_path / "run.h5"
     resume = Path(str(out) + ".resume")
-    cmd = train(out, 0.2)
-    killed = _kill_midway(cmd, signal.SIGKILL, resume, after_s=0.5)
+    cmd = train(out, 1e9)  # no periodic save: the only resume point is the pause's
+    killed = _kill_at_step(cmd, signal.SIGKILL, resume, tmp_path / "paused")
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists() and resume.exists()
     with h5py.File(resume) as f:
-        assert int(f.attrs["flow_step"]) > 0
+        assert int(f.attrs["flow_step"]) == PAUSE_STEP
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resuming from {resume} at step" in done.stdout + done.stderr
@@ -119,11 +129,11 @@ def test_sigterm_saves_a_resume_point_and_restart_gives_identical_arrays(inputs,
     train, ref, _ = inputs
     out = tmp_path / "run.h5"
     resume = Path(str(out) + ".resume")
-    cmd = train(out, 0.5)
-    killed = _kill_midway(cmd, signal.SIGTERM, resume, after_s=0.25)  # between two periodic saves
+    cmd = train(out, 1e9)
+    killed = _kill_at_step(cmd, signal.SIGTERM, resume, tmp_path / "paused")
     assert killed.returncode == 143, killed.stdout
     m = re.search(r"terminated by SIGTERM; saved .* at step (\d+)", killed.stdout)
-    assert m, killed.stdout
+    assert m and int(m.group(1)) == PAUSE_STEP + 1, killed.stdout  # the handler saves after the step it was in
     assert not out.exists() and resume.exists()
     with h5py.File(resume) as f:  # the handler's save, not an earlier periodic one
         assert int(f.attrs["flow_step"]) == int(m.group(1))
@@ -136,7 +146,7 @@ def test_sigterm_saves_a_resume_point_and_restart_gives_identical_arrays(inputs,
 def test_sigterm_outside_the_training_loop_exits_at_once(tmp_path):
     """A step with no resume file (here: a stalled import-time wait) still obeys SIGTERM."""
     code = ("import time; from memgen.training import install_sigterm_handler; "
-            "install_sigterm_handler(); print('ready', flush=True); time.sleep(60)")
+            "install_sigterm_handler(); print('ready', flush=True); time.sleep(60)")  # ok-clock: waits for the signal
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     t0 = time.monotonic()

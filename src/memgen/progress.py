@@ -36,6 +36,7 @@ from typing import Callable, TextIO
 
 from memgen import MemgenError
 
+OUTPUT_NEUTRAL = True  # memgen.provenance: progress lines cannot change an output
 ENV_EVERY = "MEMGEN_PROGRESS_EVERY"
 DEFAULT_EVERY = 10.0
 

@@ -45,6 +45,7 @@ import torch
 
 from memgen import MemgenError, h5io
 from memgen.dynamics import FlowDiverged, flow, loglinspace, momentum_step, relative_change
+from memgen.faults import pause_point
 from memgen.losses import Loss
 from memgen.progress import Progress, format_duration
 
@@ -311,12 +312,17 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
                                      f"train_err={float((prep.z <= 0).double().mean()):.3f}",
                                force=True, eta=eta, eta_note=f"({limit})" if limit else "")
                     mark = (now, t)
-                if resume_path is not None and (now - last_save >= resume_every_s or _TERM["requested"]):
+                def save():
                     _save_resume(resume_path, resume_params, state, t, fs.next_dt, step,
                                  history, F_train, F_test, status, next_ckpt)
+
+                if resume_path is not None and (now - last_save >= resume_every_s or _TERM["requested"]):
+                    save()
                     last_save = now
                     if _TERM["requested"]:
                         raise Terminated(f"terminated by SIGTERM; saved {resume_path} at step {step}")
+                # tests: pause at a step count (memgen.faults), with a resume point saved there
+                pause_point(progress, step, save if resume_path is not None else None)
         except FlowDiverged:
             status.update(diverged=True, stop_reason="diverged")
             record(step, t, 0.0, state, prep)

@@ -48,8 +48,8 @@ class Spec:
 
 def _is_figure(decorator: ast.expr) -> bool:
     func = decorator.func if isinstance(decorator, ast.Call) else None
-    return (isinstance(func, ast.Name) and func.id == "figure") or \
-        (isinstance(func, ast.Attribute) and func.attr == "figure")
+    named = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    return named == "figure"
 
 
 def specs(family) -> dict[str, Spec]:
