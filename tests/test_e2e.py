@@ -58,28 +58,34 @@ def built(tmp_path_factory) -> Path:
 
 
 def test_every_figure_is_built(built):
-    import importlib
-
     from memgen import config
+    from memgen.families import family as declared
+    from memgen.figures import specs
 
     cfg = config.load(built / "config" / "test.yaml")
     assert "time_scale" in cfg["families"]
     for family in cfg["families"]:
-        module = importlib.import_module(f"memgen.experiments.{family}")
-        for name in module.FIGURES:
+        for name in specs(declared(family)):
             for ext in cfg[family]["figures"]["formats"]:
                 path = built / "figures" / family / f"{name}.{ext}"
                 assert path.stat().st_size > 1000, path
 
 
 def test_outputs_carry_provenance(built):
+    from memgen.families import step
+
     files = sorted((built / "data").rglob("*.h5"))
     time_scale = [f for f in files if "time_scale" in str(f.relative_to(built))]
     assert len(time_scale) == 1 + 2 + 2 + 3 * 6  # dataset, inits, ntk at init, per point: run, ntk, frozen
     for path in files:
         with h5py.File(path) as f:
-            for key in ("memgen_version", "step", "params", "params_sha256", "code_sha256", "seed"):
+            for key in ("memgen_version", "step", "params", "params_sha256", "code_sha256", "seed", "device"):
                 assert key in f.attrs, (path, key)
+            declared = step(f.attrs["step"])  # every file is a declared step's, with its datasets
+            names = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            assert sorted(names) == sorted(declared.datasets), path
+            assert f.attrs["device"] == "cpu" and f.attrs["code_sha256"] == declared.code_hash(), path
     assert not list((built / "data").rglob("*.tmp")) and not list((built / "data").rglob("*.resume"))
 
 
@@ -88,17 +94,61 @@ def test_second_run_does_nothing(built):
     assert "Nothing to be done" in out, out[-3000:]
 
 
-def test_library_edit_marks_dependent_outputs_stale(built, tmp_path):
+def _edited_package(tmp_path, module: str, text: str, append: bool = True) -> dict:
+    """PYTHONPATH of a copy of the package with ``module`` (a path under memgen/) edited."""
     pkg = tmp_path / "pkg"
     shutil.copytree(ROOT / "src" / "memgen", pkg / "memgen", ignore=shutil.ignore_patterns("__pycache__"))
-    with open(pkg / "memgen" / "dynamics.py", "a") as fh:
-        fh.write("\n# an edit\n")
-    out = _snakemake(built, "-n", env={"PYTHONPATH": str(pkg)})
+    path = pkg / "memgen" / module
+    path.write_text(path.read_text() + text if append else text)
+    return {"PYTHONPATH": str(pkg)}
+
+
+def test_library_edit_marks_dependent_outputs_stale(built, tmp_path):
+    # data.py is read by every step that loads a data set: training, Gram matrices, the
+    # frozen-kernel runs and what follows them, across the families that use it
+    out = _snakemake(built, "-n", env=_edited_package(tmp_path, "data.py", "\n_EDITED = 1\n"))
     jobs = _jobs(out)
+    assert jobs.get("ts_train") == 6 and jobs.get("ts_frozen") == 6 and jobs.get("ts_dataset") == 1, jobs
     # dynamics.py feeds training and the frozen-kernel runs; the NTK at the end of
     # training and everything downstream follow; data sets, inits and NTKs at init do not.
+    out = _snakemake(built, "-n", env=_edited_package(tmp_path / "b", "dynamics.py", "\n_EDITED = 1\n"))
+    jobs = _jobs(out)
     assert jobs.get("ts_train") == 6 and jobs.get("ts_frozen") == 6, jobs
     assert "ts_dataset" not in jobs and "ts_init" not in jobs and "ts_ntk_init" not in jobs, jobs
+
+
+def test_comment_or_docstring_edit_makes_nothing_stale(built, tmp_path):
+    text = (ROOT / "src" / "memgen" / "training.py").read_text()
+    edited = text.replace('"""', '"""Reworded: ', 1) + "\n# a comment\n"
+    out = _snakemake(built, "-n", env=_edited_package(tmp_path, "training.py", edited, append=False))
+    assert "Nothing to be done" in out, out[-3000:]
+
+
+def test_every_function_a_step_runs_is_in_its_code_hash(built, tmp_path):
+    """The run-time audit of the static closures: the DAG's jobs re-run with
+    MEMGEN_TRACE_CODE (memgen.codetrace) record every memgen function they enter; each
+    lies in the step's closure (a module it hashes, or a hashed top-level name of its own
+    module), or in an output-neutral module."""
+    from memgen.families import steps
+    from memgen.provenance import _is_neutral, _tree, code_closure, module_file
+
+    trace = tmp_path / "trace"
+    _snakemake(built, "--forceall", env={"MEMGEN_TRACE_CODE": str(trace)})
+    seen = {}
+    for path in trace.glob("*.json"):
+        step = path.name.split(".")[0]
+        for module, funcs in json.loads(path.read_text()).items():
+            seen.setdefault(step, {}).setdefault(module, set()).update(funcs)
+    assert set(seen) == set(steps()), sorted(set(steps()) - set(seen))
+    for name, modules in seen.items():
+        own = steps()[name].target()[0]
+        names, closure = code_closure(*steps()[name].target())
+        for module, funcs in modules.items():
+            run = {f for f in funcs if f != "<module>"}  # (import-time code: definitions)
+            if module == own:  # its top-level definitions that ran are hashed
+                assert {f.split(".")[0] for f in run} <= set(names), (name, sorted(run))
+            elif run:
+                assert module in closure or _is_neutral(_tree(module_file(module))), (name, module, sorted(run))
 
 
 def test_rerun_from_scratch_one_job_at_a_time_is_byte_identical(built, tmp_path_factory):
@@ -114,19 +164,20 @@ def test_rerun_from_scratch_one_job_at_a_time_is_byte_identical(built, tmp_path_
 
 
 def test_killed_run_completes_on_the_next_invocation(built, tmp_path_factory):
-    """SIGKILL to Snakemake and every process under it while the training job runs (its
-    log exists: the job has started and holds Snakemake's lock and incomplete marker): no
-    output under its final name; the same command again finishes it (rerun-incomplete
+    """SIGKILL to Snakemake and every process under it while the training job runs (it
+    pauses at step 100, memgen.faults, and holds Snakemake's lock and incomplete marker):
+    no output under its final name; the same command again finishes it (rerun-incomplete
     from the workflow profile) with the arrays of the clean run, no manual cleanup."""
     import psutil  # (a Snakemake dependency)
 
     work = _scratch(tmp_path_factory, "killed")
     train = sorted((built / "data" / "runs" / "time_scale").glob("*.h5"))[-1]
     target = str(train.relative_to(built))
-    log = work / "logs" / "time_scale" / "train" / (train.stem + ".log")
+    pause = work / "paused"
     cmd = [*SNAKEMAKE, target, "--cores", "1", "--configfile", "config/test.yaml"]
+    env = {**os.environ, "MEMGEN_PAUSE_AT": "ts_train:100", "MEMGEN_PAUSE_FILE": str(pause)}
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
 
     def kill_tree():
         procs = [psutil.Process(proc.pid)]
@@ -144,10 +195,9 @@ def test_killed_run_completes_on_the_next_invocation(built, tmp_path_factory):
 
     try:
         deadline = time.monotonic() + 300
-        while not log.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the training job never started"
-            time.sleep(0.02)
-        time.sleep(0.2)
+        while not pause.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the training job never reached step 100"
+            time.sleep(0.02)  # ok-clock: polls for the pause file, the trigger is the step count
         assert not (work / target).exists()
         assert kill_tree() >= 2  # Snakemake and its job
     finally:
@@ -166,8 +216,10 @@ def test_report_shows_every_figure_with_its_caption(built):
     every figure of the config shows as an image (decoded, nonzero size) with a caption
     saying what it shows and which config produced it."""
     from memgen import config
-    from memgen.report import CAPTIONS, TITLES
+    from memgen.report import captions, titles
 
+    TITLES = titles()
+    CAPTIONS = {f: captions(f) for f in TITLES}
     _snakemake(built, "--report", "report.html")
     if chromium() is None:
         if os.environ.get("MEMGEN_REQUIRE_BROWSER"):

@@ -1,12 +1,12 @@
 """The SLURM profile and the cluster-facing pieces of the workflow.
 
-- GPU tags: in a dry run of config/paper.yaml (resources.gpu = 1) every heavy rule
-  (training, Gram matrices, frozen-kernel runs) carries gpu=1 and no light rule carries
-  a gpu resource. Uses profiles/slurm when the executor plugin is installed (a dry run
-  contacts no SLURM daemon), else profiles/default: the tags come from the workflow.
-- `python -m memgen plan` counts the same jobs per rule as the dry run, every family,
-  for config/test.yaml and config/paper.yaml; each family's HEAVY_RULES (plan's GPU
-  hint) are exactly its rules that carry gpu=1 in the paper dry run.
+- GPU requests: in a dry run of config/paper.yaml (resources.gpu = 1), in every family,
+  exactly the jobs of the steps that compute on the device (their declaration's
+  ``device``) carry gpu=1 (and cpus_per_gpu); every other job carries no gpu resource,
+  and none does with config/test.yaml. Uses profiles/slurm when the executor plugin is
+  installed (a dry run contacts no SLURM daemon), else profiles/default: the requests
+  come from the workflow.
+- `python -m memgen plan` prints jobs and hours (its jobs are the dry run's).
 - profiles/slurm takes partition / account from the environment or the site file.
 - The real thing, on a one-node SLURM started on this machine
   (tests/slurm/run_local_slurm.sh: needs root, installs SLURM packages): only with
@@ -26,8 +26,6 @@ import pytest
 
 from conftest import ROOT, copy_workflow
 HAS_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
-HEAVY = {"ts_train", "ts_ntk_init", "ts_ntk_final", "ts_frozen"}
-LIGHT = {"ts_dataset", "ts_init", "ts_summary", "ts_figure"}
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MEMGEN_SLURM_", "SNAKEMAKE_PROFILE"))}
 
 pytestmark = pytest.mark.e2e
@@ -61,12 +59,6 @@ def _resources_by_rule(out: str) -> dict[str, list[str]]:
     return res
 
 
-def _job_stats(out: str) -> dict[str, int]:
-    table = out[out.index("Job stats:"):]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
-            if m.group(1) != "total"}
-
-
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory) -> str:
     work = _copy_workflow(tmp_path_factory.mktemp("paper"))
@@ -79,45 +71,40 @@ def test_dry_run(tmp_path_factory) -> str:
     return _dry_run(work, "--configfile", "config/test.yaml")
 
 
-def test_gpu_tags_on_heavy_rules_only(paper_dry_run):
-    res = _resources_by_rule(paper_dry_run)
-    assert HEAVY | LIGHT <= set(res), sorted(res)
-    for rule in HEAVY:
-        for line in res[rule]:
-            assert re.search(r"\bgpu=1\b", line) and re.search(r"\bcpus_per_gpu=\d+", line), (rule, line)
-    for rule in LIGHT:
-        for line in res[rule]:
-            assert "gpu" not in line, (rule, line)
+def _gpu_jobs(dry_run: str) -> dict[str, dict[str, set]]:
+    """family -> {"gpu": rules whose jobs request a GPU, "cpu": the others}."""
+    from memgen.families import registry, steps
+    from memgen.plan import parse_dry_run
+
+    family_of = {s.name: s.family for s in steps().values()}
+    family_of.update({f"{fam.prefix}_figure": name for name, fam in registry().items()})
+    out: dict[str, dict[str, set]] = {}
+    for job in parse_dry_run(dry_run):
+        if job.rule == "all":
+            continue
+        kind = "gpu" if "gpu" in job.resources else "cpu"
+        if kind == "gpu":
+            assert job.resources["gpu"] == "1" and int(job.resources["cpus_per_gpu"]) >= 1, (job.rule, job.resources)
+        out.setdefault(family_of[job.rule], {"gpu": set(), "cpu": set()})[kind].add(job.rule)
+    return out
 
 
-@pytest.mark.parametrize("name", ["paper", "test"])
-def test_plan_counts_the_dry_runs_jobs(name, request, tmp_path, monkeypatch):
-    from memgen import config, plan
+def test_gpus_requested_exactly_by_the_steps_that_compute_on_the_device(paper_dry_run):
+    from memgen.families import registry
 
-    dry_run = request.getfixturevalue(f"{name}_dry_run")
-    cfg = config.load(ROOT / "config" / f"{name}.yaml")
-    # kernels' cifar.enabled: auto looks for the batches relative to the working
-    # directory; the dry run's copy of the workflow has no data/, nor has tmp_path
-    monkeypatch.chdir(tmp_path)
-    assert len(cfg["families"]) == 4 and not plan.unmodelled(cfg)
-    counted = {j.rule: j.count for j in plan.jobs_of(cfg)}
-    stats = {r: n for r, n in _job_stats(dry_run).items() if r != "all"}
-    assert stats == counted
+    jobs = _gpu_jobs(paper_dry_run)
+    assert set(jobs) == set(registry())
+    for name, fam in registry().items():
+        device = {s.name for s in fam.steps if s.device}
+        assert jobs[name]["gpu"] == device, name
+        assert not jobs[name]["gpu"] & jobs[name]["cpu"], name  # a rule asks for a GPU on every job or on none
+    assert {"dd_linear", "dd_two_layer", "dd_modelwise", "cv_train", "cv_loo"} <= set().union(
+        *(j["cpu"] for j in jobs.values()))  # CPU-only steps never hold a GPU
+    assert {"ts_train", "ts_ntk_final", "kn_accuracy"} <= set().union(*(j["gpu"] for j in jobs.values()))
 
 
-def test_plan_heavy_rules_are_the_gpu_tagged_ones(paper_dry_run, tmp_path, monkeypatch):
-    import importlib
-
-    from memgen import config
-
-    cfg = config.load(ROOT / "config" / "paper.yaml")
-    monkeypatch.chdir(tmp_path)
-    res = _resources_by_rule(paper_dry_run)
-    for family in ("kernels", "double_descent", "curvature"):
-        module = importlib.import_module(f"memgen.experiments.{family}")
-        rules = module.plan_jobs(cfg[family])
-        tagged = {r for r in rules if all(re.search(r"\bgpu=1\b", line) for line in res[r])}
-        assert tagged == set(module.HEAVY_RULES), family
+def test_no_gpu_requests_without_resources_gpu(test_dry_run):
+    assert not set().union(*(j["gpu"] for j in _gpu_jobs(test_dry_run).values()))
 
 
 def test_plan_command_prints_jobs_and_hours(capsys):

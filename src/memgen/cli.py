@@ -46,7 +46,7 @@ def _groups(values: list[list[str]] | None, flag: str) -> dict[str, list[Path]]:
 
 
 def _job(step, args):
-    from memgen.declare import Each, Job, resolve_device
+    from memgen.declare import Each, Job, producer_of, resolve_device
 
     given = _groups(args.input, "--input")
     unknown = sorted(set(given) - set(step.inputs))
@@ -58,7 +58,7 @@ def _job(step, args):
         paths = given.get(name)
         if paths is None or (not isinstance(source, Each) and len(paths) != 1):
             what = "PATH [PATH ...]" if isinstance(source, Each) else "PATH"
-            raise MemgenError(f"{step.name}: needs --input {name} {what} (one file of step {_producer(source)})")
+            raise MemgenError(f"{step.name}: needs --input {name} {what} (one file of step {producer_of(source).name})")
         inputs[name] = paths if isinstance(source, Each) else paths[0]
     given_out = [o for group in args.output for o in group]
     if isinstance(step.output, str):
@@ -77,10 +77,6 @@ def _job(step, args):
     stem = output.stem if isinstance(output, Path) else step.name
     return Job(step, inputs, output, params, device=device, progress=f"{step.name} {stem}",
                resume_every_s=args.resume_every_s)
-
-
-def _producer(source) -> str:
-    return getattr(source, "step", source).name
 
 
 def _run_step(args) -> None:

@@ -2,8 +2,8 @@
 closures of memgen.provenance (tests run the workflow with ``MEMGEN_TRACE_CODE=DIR``).
 
 :func:`traced` records, while its block runs, every memgen function entered (module and
-function name, through ``sys.setprofile``) and writes them to a JSON file: module ->
-sorted function names.
+qualified name, ``train.<locals>.save``, through ``sys.setprofile``) and writes them to
+a JSON file: module -> sorted names. ``<module>`` is a module's import-time code.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def traced(path: Path):
                 names[fn] = _module_name(fn)
             module = names[fn]
             if module is not None:
-                seen.setdefault(module, set()).add(code.co_name)
+                seen.setdefault(module, set()).add(code.co_qualname)
 
     sys.setprofile(hook)
     try:

@@ -13,8 +13,9 @@ bundles them in a :class:`Family`. A step says, once:
   family's config block; the params of every single-file input are added under the
   input's name (:func:`job_params`), so a step's params hold everything that produced
   its inputs and every input is checked against them when read;
-- ``inputs``: name -> :class:`Step` (the producer's file at the same wildcards) or
-  :class:`Each` (the producer's files at every point of a sweep, a list);
+- ``inputs``: name -> :class:`Step` (the producer's file at the same wildcards),
+  :class:`At` (at some wildcards fixed) or :class:`Each` (the producer's files at every
+  point of a sweep, a list);
 - ``writes`` / ``attrs``: the HDF5 datasets (name -> shape with named dimensions) and
   root attributes it writes, checked when written and used by every reader;
 - ``device``: whether it computes on the device (``--device``; the only steps that
@@ -58,6 +59,8 @@ class Cost:
 
 @dataclass(frozen=True, eq=False)
 class Step:
+    """One step of a family, declared once (module doc)."""
+
     name: str
     run: str
     output: str | Mapping[str, str]
@@ -130,6 +133,30 @@ class Step:
         return step_hash(self)
 
 
+class At:
+    """Input: ``step``'s output with some wildcards fixed (``At(DATASET, ds="digits")``),
+    the others the job's own."""
+
+    def __init__(self, step: Step, **fixed: str):
+        self.step, self.fixed = step, fixed
+
+    def wildcards(self, wildcards: Mapping[str, str]) -> dict[str, str]:
+        return {**wildcards, **self.fixed}
+
+    def path(self, wildcards: Mapping[str, str]) -> str:
+        return self.step.path(self.wildcards(wildcards))
+
+
+def single(source) -> tuple[Step, Callable[[Mapping[str, str]], dict]] | None:
+    """(producer, wildcards of the input given the job's) of a single-file input; None
+    for a list (:class:`Each`)."""
+    if isinstance(source, Step):
+        return source, dict
+    if isinstance(source, At):
+        return source.step, source.wildcards
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class Each:
     """Input: ``step``'s output at every point of ``points(block)`` (wildcard dicts of
@@ -167,6 +194,12 @@ class Family:
             seen.add(step.name)
             object.__setattr__(step, "family", self.name)
             object.__setattr__(step, "package", self.package)
+            for name, source in step.inputs.items():  # a single input's path needs only the job's wildcards
+                one = single(source)
+                fixed = set(source.fixed) if isinstance(source, At) else set()
+                if one is not None and not set(one[0].wildcards) <= set(step.wildcards) | fixed:
+                    raise MemgenError(f"step {step.name}: input {name} ({one[0].name}) needs wildcards "
+                                      f"{one[0].wildcards}, the step has {step.wildcards}")
         if self.summary not in self.steps:
             raise MemgenError(f"family {self.name}: its summary step is not one of its steps")
 
@@ -186,16 +219,18 @@ def job_params(step: Step, block: dict, wildcards: Mapping[str, str]) -> dict:
     single-file input's name the params of the job that produced that input."""
     own = dict(step.params(block, wildcards))
     for name, source in step.inputs.items():
-        if isinstance(source, Step):
+        one = single(source)
+        if one is not None:
             if name in own:
                 raise MemgenError(f"step {step.name}: its params already hold a key named like input {name!r}")
-            own[name] = job_params(source, block, wildcards)
+            producer, at = one
+            own[name] = job_params(producer, block, at(wildcards))
     return own
 
 
 def input_paths(step: Step, block: dict, wildcards: Mapping[str, str]) -> dict[str, str | list[str]]:
     """Input name -> path (single) or list of paths (:class:`Each`) at ``wildcards``."""
-    return {name: source.path(wildcards) if isinstance(source, Step) else source.paths(block)
+    return {name: source.paths(block) if isinstance(source, Each) else source.path(wildcards)
             for name, source in step.inputs.items()}
 
 
@@ -256,10 +291,10 @@ class Job:
         by exactly ``params[name]``."""
         from memgen import h5io
 
-        source = self.step.inputs[name]
-        if not isinstance(source, Step):
+        one = single(self.step.inputs[name])
+        if one is None:
             raise MemgenError(f"step {self.step.name}: input {name!r} is a list; use read_each")
-        return h5io.read(self.inputs[name], _shapes(source, keys), step=source.name,
+        return h5io.read(self.inputs[name], _shapes(one[0], keys), step=one[0].name,
                          expect_params=self.params[name], optional=optional)
 
     def read_each(self, name: str, keys=None, optional: tuple[str, ...] = ()):
@@ -272,8 +307,7 @@ class Job:
         """One file ``path`` of the list input ``name``, checked as in :meth:`read_each`."""
         from memgen import h5io
 
-        source = self.step.inputs[name]
-        producer = source.step if isinstance(source, Each) else source
+        producer = producer_of(self.step.inputs[name])
         return h5io.read(path, _shapes(producer, keys), step=producer.name, optional=optional)
 
     def write(self, arrays: Mapping[str, Any], *, seed: int | None = None, attrs: Mapping[str, Any] | None = None):
@@ -300,6 +334,11 @@ class Job:
         from memgen.h5io import write_csv
 
         write_csv(df, self.output[name])  # type: ignore[index]
+
+
+def producer_of(source) -> Step:
+    """The step that writes an input (:class:`Step`, :class:`At` or :class:`Each`)."""
+    return source if isinstance(source, Step) else source.step
 
 
 def _shapes(step: Step, keys) -> dict:

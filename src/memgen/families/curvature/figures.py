@@ -1,7 +1,7 @@
 """Figures of the curvature family (inverse HVPs and influence functions; Koh & Liang
 2017, "Understanding black-box predictions via influence functions"; seed 003).
 
-Each figure reads the summary CSVs only (memgen.experiments.curvature.summarize):
+Each figure reads the summary CSVs only (memgen.families.curvature.summary):
 
 - ``lissa_scale``: LiSSA iterates x_j of the seed's toy in the (x1, x2) plane for each
   scale (damping 0), as in the seed's figures, and |x_j - x*| vs j; a scale the guard
@@ -25,21 +25,9 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from memgen import MemgenError
-from memgen.experiments.curvature import FIGURES, MODELS
-from memgen.figures import style
+from memgen.families.curvature.params import MODELS
+from memgen.figures import figure, style
 
-NEEDS = {
-    "lissa_scale": {"paths": ["study", "scale", "damping", "step", "x1", "x2", "diverged"],
-                    "toy": ["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max", "steps"]},
-    "lissa_damping": {"paths": ["study", "scale", "damping", "step", "x1", "x2", "diverged"],
-                      "toy": ["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max"]},
-    "solver_accuracy": {"solvers": ["model", "method", "hvps", "rel_error"]},
-    "influence_vs_loo": {"influence": ["model", "selection", "predicted", "actual"],
-                         "models": ["model", "pearson_r", "test_index", "test_digit", "damping"]},
-    "helpful_harmful": {"images": ["model", "role", "rank", "digit", "predicted", "p00"],
-                        "models": ["model", "test_index", "test_loss"]},
-}
-assert set(NEEDS) == set(FIGURES)
 
 MODEL_TITLE = {"logreg": "logistic regression", "mlp": "MLP (tanh)"}
 WINDOW = (0.0, 1.5, -0.15, 0.2)  # the seed's axis: [xmin, xmax, ymin, ymax]
@@ -101,11 +89,18 @@ def _lissa_study(paths: pd.DataFrame, toy: pd.DataFrame, study: str, key: str, l
     return fig
 
 
-def _lissa_scale(paths: pd.DataFrame, toy: pd.DataFrame, options: dict):
+@figure(paths=["study", "scale", "damping", "step", "x1", "x2", "diverged"], toy=["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max", "steps"])
+def lissa_scale(paths: pd.DataFrame, toy: pd.DataFrame, options: dict):
+    """LiSSA iterates on the seed's two-dimensional quadratic toy, one series per scale
+    (damping 0): path in the (x1, x2) plane and distance to the exact solution vs
+    iteration; a scale at or below lambda_max / 2 diverges and is marked so."""
     return _lissa_study(paths, toy, "scale", "scale", lambda r: f"$s = {r['scale']:g}$", options)
 
 
-def _lissa_damping(paths: pd.DataFrame, toy: pd.DataFrame, options: dict):
+@figure(paths=["study", "scale", "damping", "step", "x1", "x2", "diverged"], toy=["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max"])
+def lissa_damping(paths: pd.DataFrame, toy: pd.DataFrame, options: dict):
+    """The same for several dampings at one scale: each converges to its own (H +
+    damping I)^-1 v (stars), away from the undamped solution."""
     return _lissa_study(paths, toy, "damping", "damping",
                         lambda r: rf"$\lambda = {r['damping']:g}$ ($s = {r['scale']:g}$)", options)
 
@@ -123,7 +118,10 @@ def _method_label(m: str) -> str:
     return rf"LiSSA, batches of {parts[1][5:]}, $s = {factor}\,\lambda_\max^{{b}}$"
 
 
-def _solver_accuracy(solvers: pd.DataFrame, options: dict):
+@figure(solvers=["model", "method", "hvps", "rel_error"])
+def solver_accuracy(solvers: pd.DataFrame, options: dict):
+    """Relative error of the inverse-HVP vs number of Hessian-vector products, conjugate
+    gradient vs LiSSA, per model."""
     models = _models(solvers)
     if not models:
         raise MemgenError("figure solver_accuracy: no solver runs in the summary")
@@ -149,7 +147,11 @@ def _solver_accuracy(solvers: pd.DataFrame, options: dict):
 # ---------------------------------------------------------------- influence vs retraining
 
 
-def _influence_vs_loo(influence: pd.DataFrame, models: pd.DataFrame, options: dict):
+@figure(influence=["model", "selection", "predicted", "actual"], models=["model", "pearson_r", "test_index", "test_digit", "damping"])
+def influence_vs_loo(influence: pd.DataFrame, models: pd.DataFrame, options: dict):
+    """Predicted (influence function) vs actual (leave-one-out retraining) change of the
+    test loss on removing each training point, per model, with Pearson's R (Koh & Liang,
+    Fig. 2)."""
     names = _models(influence)
     if not names:
         raise MemgenError("figure influence_vs_loo: no models in the influence summary")
@@ -179,7 +181,10 @@ def _influence_vs_loo(influence: pd.DataFrame, models: pd.DataFrame, options: di
 # ---------------------------------------------------------------- images
 
 
-def _helpful_harmful(images: pd.DataFrame, models: pd.DataFrame, options: dict):
+@figure(images=["model", "role", "rank", "digit", "predicted", "p00"], models=["model", "test_index", "test_loss"])
+def helpful_harmful(images: pd.DataFrame, models: pd.DataFrame, options: dict):
+    """A test image and the training images whose removal would most raise (helpful) or
+    lower (harmful) its loss, by influence."""
     names = _models(images)
     if not names:
         raise MemgenError("figure helpful_harmful: no images in the summary")

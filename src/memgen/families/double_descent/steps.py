@@ -1,17 +1,12 @@
-"""Double descent (memgen.linear, memgen.theory); params from memgen.experiments.double_descent."""
+"""Run functions of the double-descent family: linear GD and the two-layer linear
+network (memgen.linear) and their theory (memgen.theory)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from memgen import h5io
 from memgen.progress import Progress
-from memgen.provenance import code_hash
-# Linear teacher, GD on linear models / two-layer linear networks (memgen.linear) and
-# their theory (memgen.theory); params built by memgen.experiments.double_descent.
 
 
 def _one_blas_thread():
@@ -28,10 +23,10 @@ def _dd_problem(d: dict):
     return linear.two_group_teacher(d["d_fast"], d["d_slow"], d["kappa"], d["theta_fast"], d["theta_slow"])
 
 
-def dd_linear(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
-              **_) -> None:
+def linear(job) -> None:
     """Linear GD on ``draws`` independent data sets of the two-group teacher; population
     risk and per-group relative weight errors at the logged steps."""
+    params, progress = job.params, job.progress
     from memgen import linear
 
     d = params["data"]
@@ -46,13 +41,13 @@ def dd_linear(inputs: dict, output: Path, params: dict, device: str = "cpu", pro
     arrays = {"step": steps, "risk": linear.population_risk(W, s, theta, d["noise_std"]),
               "werr": linear.group_weight_error(W, theta, (d["d_fast"], d["d_slow"])),
               "s": s, "theta": theta, "lr": torch.as_tensor(lr, dtype=torch.float64).expand(len(s))}
-    h5io.write(output, arrays, step="dd_linear", params=params, seed=params["seed"],
-               code_sha256=code_hash("dd_linear"))
+    job.write(arrays, seed=params["seed"])
 
 
-def dd_theory_linear(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def theory_linear(job) -> None:
     """Closed-form risk, per-group risk contributions and per-group relative weight errors
     of linear GD with one step size and with per-group step sizes."""
+    params = job.params
     from memgen import linear, theory
 
     d = params["data"]
@@ -69,14 +64,14 @@ def dd_theory_linear(inputs: dict, output: Path, params: dict, device: str = "cp
         arrays[f"risk_slow_{sched}"] = (s2[d1:] * E[:, d1:]).sum(-1)
         rel = E / th2
         arrays[f"werr_{sched}"] = np.stack([rel[:, :d1].mean(-1), rel[:, d1:].mean(-1)], axis=-1)
-    h5io.write(output, arrays, step="dd_theory_linear", params=params, code_sha256=code_hash("dd_theory_linear"))
+    job.write(arrays)
 
 
-def dd_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
-                 **_) -> None:
+def two_layer(job) -> None:
     """GD on the two-layer linear network f(x) = v^T W x (one data draw): risk, loss,
     end-to-end weights and per-group weight errors at the logged steps; the data, both
     layers at init and at the end, and the Jacobian spectrum at init and at the end."""
+    params, progress = job.params, job.progress
     from memgen import linear
 
     d = params["data"]
@@ -98,19 +93,17 @@ def dd_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", 
               "werr": linear.group_weight_error(w, theta, (d["d_fast"], d["d_slow"])),
               "X": X, "y": y, "W0": run.W0, "v0": run.v0, "W": run.W, "v": run.v, "s": s, "theta": theta,
               "jac_sv_init": sv0, "jac_share_init": share0, "jac_sv_final": sv1, "jac_share_final": share1}
-    h5io.write(output, arrays, step="dd_two_layer", params=params, seed=params["init_seed"],
-               code_sha256=code_hash("dd_two_layer"), attrs={"diverged": bool(diverged)})
+    job.write(arrays, seed=params["init_seed"], attrs={"diverged": bool(diverged)})
 
 
-def dd_theory_two_layer(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def theory_two_layer(job) -> None:
     """The reduced (u, z) ODE (started on the network's growing mode for a Gaussian init,
     on its exact rank-one state otherwise) and the linearised (lazy) network, for the
     training set and initial layers of a ``dd_two_layer`` run."""
     from memgen import linear, theory
 
-    rp = params["run"]
-    r = h5io.read(inputs["run"], {"step": ("K",), "X": ("n", "d"), "y": ("n",), "W0": ("p", "d"), "v0": ("p",)},
-                  step="dd_two_layer", expect_params=rp)
+    rp = job.params["run"]
+    r = job.read("run", ("step", "X", "y", "W0", "v0"))
     d = rp["data"]
     s, theta = _dd_problem(d)
     X, y, steps = r["X"], r["y"], r["step"].astype(np.float64)
@@ -129,17 +122,16 @@ def dd_theory_two_layer(inputs: dict, output: Path, params: dict, device: str = 
         arrays[f"risk_{name}"] = linear.population_risk(w, s, theta, d["noise_std"])
         arrays[f"werr_{name}"] = linear.group_weight_error(w, theta, sizes)
         arrays[f"w_{name}"] = w
-    h5io.write(output, arrays, step="dd_theory_two_layer", params=params,
-               code_sha256=code_hash("dd_theory_two_layer"))
+    job.write(arrays)
 
 
-def dd_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
-                 **_) -> None:
+def modelwise(job) -> None:
     """Model-wise double descent, empirically: isotropic Gaussian features x in R^p,
     y = x.theta + eps, ||theta||^2 = snr sigma^2, n = round(ratio p) samples, ``draws``
     data sets per ratio (shared across SNRs). Test risk ||theta_hat - theta||^2 + sigma^2 of
     min-norm least squares and of gradient flow from 0 on 1/(2n)||Xw - y||^2 stopped at
     the time (on a log grid) minimising the risk averaged over draws (oracle early stopping)."""
+    params, progress = job.params, job.progress
     p, sigma, draws = int(params["p"]), float(params["noise_std"]), int(params["draws"])
     ratios, snrs = params["ratios"], params["snrs"]
     rng = np.random.default_rng(int(params["seed"]))
@@ -177,15 +169,15 @@ def dd_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", 
                 es[i, j], t_stop[i, j] = curve[:, best], times[best]
             bar.update(j + 1, f"n/p={ratio_used[j]:.3g}")
     bar.finish()
-    h5io.write(output, {"ratio": ratio_used, "snr": np.asarray(snrs, dtype=np.float64), "risk_min_norm": mn,
-                        "risk_early_stopped": es, "t_stop": t_stop, "times": times},
-               step="dd_modelwise", params=params, seed=params["seed"], code_sha256=code_hash("dd_modelwise"))
+    job.write({"ratio": ratio_used, "snr": np.asarray(snrs, dtype=np.float64), "risk_min_norm": mn,
+               "risk_early_stopped": es, "t_stop": t_stop, "times": times}, seed=params["seed"])
 
 
-def dd_theory_modelwise(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def theory_modelwise(job) -> None:
     """Model-wise theory: exact finite-p min-norm risk at every integer n with
     n/p in [ratio_min, ratio_max] (inf at |n - p| <= 1), and on a grid of n_grid ratios the
     proportional-limit min-norm and optimally early-stopped gradient-flow risks."""
+    params = job.params
     from memgen import theory
 
     p, sigma = int(params["p"]), float(params["noise_std"])
@@ -197,16 +189,5 @@ def dd_theory_modelwise(inputs: dict, output: Path, params: dict, device: str = 
     mn_asym = np.stack([theory.modelwise_risk(ratio_asym, snr, sigma) for snr in snrs])
     es, ts = zip(*(theory.early_stopped_modelwise_risk(ratio_asym, snr, sigma, quad=params["quad"], return_times=True)
                    for snr in snrs))
-    h5io.write(output, {"snr": snrs, "ratio": ratio, "risk_min_norm": mn, "ratio_asym": ratio_asym,
-                        "risk_min_norm_asym": mn_asym, "risk_early_stopped": np.stack(es), "t_stop": np.stack(ts)},
-               step="dd_theory_modelwise", params=params, code_sha256=code_hash("dd_theory_modelwise"))
-
-
-STEPS = {
-    "dd_linear": (dd_linear, (), "double descent: linear GD over many data draws (one step-size schedule)"),
-    "dd_theory_linear": (dd_theory_linear, (), "double descent: closed-form risk of linear GD"),
-    "dd_two_layer": (dd_two_layer, (), "double descent: GD on a two-layer linear network"),
-    "dd_theory_two_layer": (dd_theory_two_layer, ("run",), "double descent: reduced ODE and lazy network"),
-    "dd_modelwise": (dd_modelwise, (), "double descent: min-norm and early-stopped risk vs n/p"),
-    "dd_theory_modelwise": (dd_theory_modelwise, (), "double descent: model-wise theory curves"),
-}
+    job.write({"snr": snrs, "ratio": ratio, "risk_min_norm": mn, "ratio_asym": ratio_asym,
+               "risk_min_norm_asym": mn_asym, "risk_early_stopped": np.stack(es), "t_stop": np.stack(ts)})

@@ -1,8 +1,7 @@
 """Epoch-wise and model-wise double descent (Heckel & Yilmaz 2021; Advani & Saxe 2020;
 seed 004), experiment and theory on the same axes.
 
-Builds every step's parameters from the ``double_descent`` config block (the only
-place that knows the block's layout) and summarises the HDF5 outputs into tidy CSVs:
+The summary: the HDF5 outputs as tidy CSVs:
 
 - ``epochwise``: one row per (schedule, logged step): linear GD over many data draws
   (mean, 10/90% quantiles, standard error of the mean) and the closed form
@@ -20,133 +19,10 @@ place that knows the block's layout) and summarises the HDF5 outputs into tidy C
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from memgen.experiments import write_csv
 from memgen import h5io
-
-FAMILY = "double_descent"
-FIGURES = ("epochwise_risk", "two_layer_risk", "weight_error", "modelwise", "jacobian_spectrum")
-SCHEDULES = ("uniform", "per_group")
-INITS = ("small", "large")
-DATA_KEYS = ("d_fast", "d_slow", "kappa", "theta_fast", "theta_slow", "n", "noise_std", "decoupled")
-
-
-def check(dd: dict) -> list[str]:
-    """Problems a schema cannot express (keys relative to the ``double_descent`` block)."""
-    out = []
-    for sec in ("epochwise", "two_layer"):
-        b = dd[sec]
-        d = b["d_fast"] + b["d_slow"]
-        if b["decoupled"] and b["n"] < d:
-            out.append(f"{sec}.n: decoupled data need n >= d_fast + d_slow = {d}, got {b['n']}")
-        if b["n_logged"] > b["steps"] + 1:
-            out.append(f"{sec}.n_logged: {b['n_logged']} exceeds steps + 1 = {b['steps'] + 1}")
-    ep = dd["epochwise"]
-    if ep["lr"] >= 2.0:  # s_fast = 1: GD on the large-eigenvalue group diverges
-        out.append(f"epochwise.lr: {ep['lr']} must be < 2 (largest covariance eigenvalue is 1)")
-    tl = dd["two_layer"]
-    if tl["scales"]["small"] >= tl["scales"]["large"]:
-        out.append(f"two_layer.scales: small ({tl['scales']['small']}) must be < large ({tl['scales']['large']})")
-    mw = dd["modelwise"]
-    ns = [modelwise_n(mw["p"], r) for r in mw["ratios"]]
-    if min(ns) < 1:
-        out.append(f"modelwise.ratios: {min(mw['ratios'])} * p gives no sample")
-    if len(set(ns)) != len(ns):
-        out.append(f"modelwise.ratios: two ratios round to the same n = round(ratio * p) (p = {mw['p']})")
-    for key in ("snrs", "ratios"):
-        if len(set(mw[key])) != len(mw[key]):
-            out.append(f"modelwise.{key}: contains duplicates {mw[key]}")
-    return out
-
-
-def modelwise_n(p: int, ratio: float) -> int:
-    return int(round(float(ratio) * int(p)))
-
-
-# rules whose jobs request heavy_resources() (GPU when resources.gpu > 0)
-HEAVY_RULES = frozenset({"dd_linear", "dd_two_layer", "dd_modelwise"})
-
-
-def plan_jobs(dd: dict) -> dict[str, int]:
-    """Jobs per rule of workflow/rules/double_descent.smk (one run per schedule / init)."""
-    return {"dd_linear": len(SCHEDULES), "dd_theory_linear": 1, "dd_two_layer": len(INITS),
-            "dd_theory_two_layer": len(INITS), "dd_modelwise": 1, "dd_theory_modelwise": 1,
-            "dd_summary": 1, "dd_figure": len(FIGURES)}
-
-
-# ---------------------------------------------------------------- params
-
-
-def data_params(section: dict) -> dict:
-    return {k: section[k] for k in DATA_KEYS}
-
-
-def linear_params(dd: dict, schedule: str) -> dict:
-    """dd_linear: ``draws`` data sets of the two-group teacher, GD with one step size
-    (``uniform``: lr) or per-group step sizes (``per_group``: lr_i = rate / s_i^2)."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
-    ep = dd["epochwise"]
-    return {"data": data_params(ep), "schedule": schedule,
-            "lr": float(ep["lr"]) if schedule == "uniform" else None,
-            "rate": float(ep["rate"]) if schedule == "per_group" else None,
-            "steps": int(ep["steps"]), "n_logged": int(ep["n_logged"]),
-            "draws": int(ep["draws"]), "seed": int(ep["seed"])}
-
-
-def theory_linear_params(dd: dict) -> dict:
-    ep = dd["epochwise"]
-    return {"data": data_params(ep), "lr": float(ep["lr"]), "rate": float(ep["rate"]),
-            "steps": int(ep["steps"]), "n_logged": int(ep["n_logged"])}
-
-
-def two_layer_params(dd: dict, init: str) -> dict:
-    """dd_two_layer: one data draw, the network f(x) = v^T W x from a small or large
-    initialisation, GD for ``steps`` steps."""
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; known: {INITS}")
-    tl = dd["two_layer"]
-    return {"data": data_params(tl), "data_seed": int(tl["data_seed"]), "name": init, "init": tl["init"],
-            "scale": float(tl["scales"][init]), "hidden": int(tl["hidden"]), "init_seed": int(tl["init_seed"]),
-            "lr": float(tl["lr"]), "steps": int(tl["steps"]), "n_logged": int(tl["n_logged"])}
-
-
-def theory_two_layer_params(dd: dict, init: str) -> dict:
-    return {"run": two_layer_params(dd, init)}
-
-
-def modelwise_params(dd: dict) -> dict:
-    mw = dd["modelwise"]
-    return {k: mw[k] for k in ("p", "ratios", "snrs", "noise_std", "draws", "seed", "t_min", "t_max", "n_times")}
-
-
-def theory_modelwise_params(dd: dict) -> dict:
-    mw = dd["modelwise"]
-    return {"p": int(mw["p"]), "snrs": list(mw["snrs"]), "noise_std": float(mw["noise_std"]),
-            "ratio_min": float(min(mw["ratios"])), "ratio_max": float(max(mw["ratios"])),
-            "n_grid": int(mw["n_grid"]), "quad": 200}
-
-
-# ---------------------------------------------------------------- summary
-
-LINEAR_SHAPES = {"step": ("K",), "risk": ("K", "draws"), "werr": ("K", "draws", 2), "s": ("d",), "theta": ("d",)}
-THEORY_LINEAR_SHAPES = {"step": ("K",), "noise_var": ()} | {
-    f"{k}_{s}": None for s in SCHEDULES for k in ("risk", "risk_fast", "risk_slow", "werr")}
-TWO_LAYER_SHAPES = {"step": ("K",), "risk": ("K",), "loss": ("K",), "werr": ("K", 2),
-                    "jac_sv_init": ("J",), "jac_share_init": ("J",), "jac_sv_final": ("J",),
-                    "jac_share_final": ("J",)}
-THEORY_TWO_LAYER_SHAPES = {"step": ("K",), "risk_ode": ("K",), "werr_ode": ("K", 2), "risk_lazy": ("K",),
-                           "werr_lazy": ("K", 2)}
-MODELWISE_SHAPES = {"ratio": ("R",), "snr": ("S",), "risk_min_norm": ("S", "R", "draws"),
-                    "risk_early_stopped": ("S", "R", "draws"), "t_stop": ("S", "R")}
-THEORY_MODELWISE_SHAPES = {"snr": ("S",), "ratio": ("G",), "risk_min_norm": ("S", "G"),
-                           "ratio_asym": ("H",), "risk_min_norm_asym": ("S", "H"),
-                           "risk_early_stopped": ("S", "H"), "t_stop": ("S", "H")}
-
 
 def _q(a, q, axis=-1):
     with np.errstate(invalid="ignore"):
@@ -183,14 +59,13 @@ def bump_height(curve) -> float:
     return float(out)
 
 
-def _epochwise(linear_runs: list[Path], theory_path: Path) -> pd.DataFrame:
-    th = h5io.read(theory_path, THEORY_LINEAR_SHAPES, step="dd_theory_linear")
+def _epochwise(job) -> pd.DataFrame:
+    th = job.read("theory_linear")
     frames = []
-    for path in linear_runs:
-        r = h5io.read(path, LINEAR_SHAPES, step="dd_linear")
+    for r in job.read_each("linear", ("step", "risk", "werr")):
         sched = r.params["schedule"]
         if not np.array_equal(r["step"], th["step"]):
-            raise h5io.H5Error(f"{path}: logged steps differ from the theory file {theory_path}")
+            raise h5io.H5Error(f"{r.path}: logged steps differ from the theory file {th.path}")
         nv = float(th["noise_var"])
         df = pd.DataFrame({"schedule": sched, "step": r["step"].astype(int)})
         for k, v in _stats("risk", r["risk"]).items():
@@ -214,12 +89,14 @@ def _epochwise(linear_runs: list[Path], theory_path: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _two_layer(runs: list[Path], theories: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _two_layer(job) -> tuple[pd.DataFrame, pd.DataFrame]:
     frames, jac = [], []
-    for path, tpath in zip(runs, theories):
-        r = h5io.read(path, TWO_LAYER_SHAPES, step="dd_two_layer")
+    keys = ("step", "risk", "loss", "werr", *(f"jac_{k}_{w}" for k in ("sv", "share") for w in ("init", "final")))
+    theories = job.read_each("theory_two_layer", ("step", "risk_ode", "werr_ode", "risk_lazy", "werr_lazy"))
+    for r, t in zip(job.read_each("two_layer", keys), theories):
         p = r.params
-        t = h5io.read(tpath, THEORY_TWO_LAYER_SHAPES, step="dd_theory_two_layer", expect_params={"run": p})
+        if t.params["run"] != p:
+            raise h5io.H5Error(f"{t.path}: computed for another network run than {r.path}")
         df = pd.DataFrame({"init": p["name"], "scale": p["scale"], "step": r["step"].astype(int),
                            "risk": r["risk"], "loss": r["loss"], "risk_ode": t["risk_ode"],
                            "risk_lazy": t["risk_lazy"], "noise_var": p["data"]["noise_std"] ** 2,
@@ -238,9 +115,9 @@ def _two_layer(runs: list[Path], theories: list[Path]) -> tuple[pd.DataFrame, pd
     return pd.concat(frames, ignore_index=True), pd.concat(jac, ignore_index=True)
 
 
-def _modelwise(run_path: Path, theory_path: Path) -> pd.DataFrame:
-    r = h5io.read(run_path, MODELWISE_SHAPES, step="dd_modelwise")
-    t = h5io.read(theory_path, THEORY_MODELWISE_SHAPES, step="dd_theory_modelwise")
+def _modelwise(job) -> pd.DataFrame:
+    r = job.read("modelwise", ("ratio", "snr", "risk_min_norm", "risk_early_stopped", "t_stop"))
+    t = job.read("theory_modelwise")
     rows = []
     for i, snr in enumerate(r["snr"]):
         for method, key in (("min_norm", "risk_min_norm"), ("early_stopped", "risk_early_stopped")):
@@ -301,21 +178,11 @@ def key_numbers(epochwise: pd.DataFrame, two_layer: pd.DataFrame, modelwise: pd.
     return pd.DataFrame(rows, columns=["metric", "where", "value"])
 
 
-def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> pd.DataFrame:
-    """CLI entry. inputs: linear (runs), theory_linear, two_layer (runs), theory_two_layer
-    (aligned with two_layer), modelwise, theory_modelwise; outputs: epochwise, two_layer,
-    jacobian, modelwise, key_numbers (CSV paths)."""
-    def one(name):
-        if len(inputs.get(name, [])) != 1:
-            raise h5io.H5Error(f"summary double_descent: need exactly one --input {name} PATH")
-        return inputs[name][0]
-
-    ep = _epochwise(inputs["linear"], one("theory_linear"))
-    tl, jac = _two_layer(inputs["two_layer"], inputs["theory_two_layer"])
-    mw = _modelwise(one("modelwise"), one("theory_modelwise"))
-    keys = key_numbers(ep, tl, mw)
+def summary(job) -> None:
+    """Tidy tables of the double-descent runs and their theory (module doc)."""
+    ep = _epochwise(job)
+    tl, jac = _two_layer(job)
+    mw = _modelwise(job)
     for name, df in (("epochwise", ep), ("two_layer", tl), ("jacobian", jac), ("modelwise", mw),
-                     ("key_numbers", keys)):
-        write_csv(df, outputs[name])
-    return keys
-
+                     ("key_numbers", key_numbers(ep, tl, mw))):
+        job.write_csv(name, df)

@@ -15,16 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memgen.experiments.kernels import FIGURES, slope
-from memgen.figures import style
+from memgen.families.kernels.summary import slope
+from memgen.figures import figure, style
 
-NEEDS = {
-    "accuracy_vs_n": {"accuracy": ["dataset", "n_train", "seed", "method", "accuracy"]},
-    "ntk_convergence": {"convergence": ["h", "seed", "ntk_rel_err", "nngp_rel_err"]},
-    "linearized_training": {"linearized": ["h", "t", "loss_train", "loss_test", "lin_loss_train",
-                                           "lin_loss_test", "w_ratio"]},
-}
-assert set(NEEDS) == set(FIGURES)
 
 LABELS = {"ntk": "NTK regression (empirical)", "nngp": "NNGP (random features)",
           "ntk_inf": r"NTK, $h\to\infty$", "nngp_inf": r"NNGP, $h\to\infty$", "trained": "trained network (GD)"}
@@ -33,7 +26,12 @@ DATASETS = {"digits": "digits", "cifar2": "CIFAR-2"}
 
 
 
-def _accuracy_vs_n(accuracy: pd.DataFrame, options: dict):
+@figure(accuracy=["dataset", "n_train", "seed", "method", "accuracy"])
+def accuracy_vs_n(accuracy: pd.DataFrame, options: dict):
+    """Test accuracy vs number of training points for empirical-NTK regression, the NNGP
+    predictor (random hidden layers, last layer fitted by ridge), the infinite-width NTK
+    and NNGP kernels and the GD-trained network; one panel per data set (digits; CIFAR-2
+    when its files are present). Mean over seeds with min-max bars."""
     sets = [d for d in DATASETS if d in set(accuracy["dataset"])]
     fig, axes = style.figure(ncols=max(1, len(sets)))
     axes = np.atleast_1d(axes)
@@ -53,7 +51,11 @@ def _accuracy_vs_n(accuracy: pd.DataFrame, options: dict):
     return fig
 
 
-def _ntk_convergence(convergence: pd.DataFrame, options: dict):
+@figure(convergence=["h", "seed", "ntk_rel_err", "nngp_rel_err"])
+def ntk_convergence(convergence: pd.DataFrame, options: dict):
+    """Relative Frobenius distance between the empirical NTK of a width-h network and
+    the analytic infinite-width NTK vs h, log-log, seed mean with min-max bars and the
+    fitted slope (about -1/2 expected); the NNGP's for reference."""
     fig, ax = style.figure()
     for i, (col, label) in enumerate((("ntk_rel_err", "NTK"), ("nngp_rel_err", "NNGP"))):
         s = convergence.groupby("h")[col].agg(["mean", "min", "max"]).reset_index()
@@ -73,7 +75,12 @@ def _ntk_convergence(convergence: pd.DataFrame, options: dict):
     return fig
 
 
-def _linearized_training(linearized: pd.DataFrame, options: dict):
+@figure(linearized=["h", "t", "loss_train", "loss_test", "lin_loss_train", "lin_loss_test", "w_ratio"])
+def linearized_training(linearized: pd.DataFrame, options: dict):
+    """Left: train (solid) and test (dash-dot) loss vs time t = lr x steps of the
+    network trained by gradient descent, and of its linearization around init (open
+    markers: train, crosses: test), per width; right: ||w_lin(t) - w(t)|| / ||w(t) -
+    w0||, which shrinks as the width grows."""
     fig, (left, right) = style.figure(ncols=2)
     for i, (h, rows) in enumerate(linearized.groupby("h")):
         st = style.width_style(i)

@@ -1,7 +1,7 @@
 """Figures of the double-descent family (Heckel & Yilmaz 2021, "Early stopping in deep
 networks: double descent and how to eliminate it"; Advani & Saxe 2020; seed 004).
 
-Every figure reads the summary CSVs only (memgen.experiments.double_descent.summarize)
+Every figure reads the summary CSVs only (memgen.families.double_descent.summary)
 and puts experiment and theory on the same axes: empirical values as solid lines or
 markers (mean, with a 10-90% band over data draws where there are draws), theory as
 dashed lines. Non-finite values (a diverged run, the pole of the min-norm risk at
@@ -15,22 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from memgen.experiments.double_descent import FIGURES
-from memgen.figures import style
+from memgen.figures import figure, style
 
-NEEDS = {
-    "epochwise_risk": {"epochwise": ["schedule", "step", "excess_mean", "excess_q10", "excess_q90",
-                                     "excess_theory", "excess_theory_fast", "excess_theory_slow"]},
-    "two_layer_risk": {"two_layer": ["init", "scale", "step", "risk", "risk_ode", "risk_lazy"]},
-    "weight_error": {"epochwise": ["schedule", "step", "werr_fast_mean", "werr_fast_q10", "werr_fast_q90",
-                                   "werr_slow_mean", "werr_slow_q10", "werr_slow_q90", "werr_fast_theory",
-                                   "werr_slow_theory"],
-                     "two_layer": ["init", "scale", "step", "werr_fast", "werr_slow", "werr_fast_ode",
-                                   "werr_slow_ode"]},
-    "modelwise": {"modelwise": ["source", "method", "snr", "ratio", "risk", "risk_q10", "risk_q90"]},
-    "jacobian_spectrum": {"jacobian": ["init", "scale", "when", "index", "sv", "w_share"]},
-}
-assert set(NEEDS) == set(FIGURES)
 
 SCHEDULE_TITLE = {"uniform": "one step size", "per_group": r"per-group step sizes $\eta_i\propto 1/s_i^2$"}
 GROUPS = (("fast", "large eigenvalues", style.COLORS[0]), ("slow", "small eigenvalues", style.COLORS[1]))
@@ -94,7 +80,12 @@ def _panel_label(ax, text: str) -> None:
 # ---------------------------------------------------------------- figures
 
 
-def _epochwise_risk(epochwise: pd.DataFrame, options: dict):
+@figure(epochwise=["schedule", "step", "excess_mean", "excess_q10", "excess_q90", "excess_theory", "excess_theory_fast", "excess_theory_slow"])
+def epochwise_risk(epochwise: pd.DataFrame, options: dict):
+    """Excess test risk of linear regression trained by gradient descent vs step:
+    empirical mean with a 10-90% band over data draws, closed form (dashed) and its two
+    feature-group contributions; a uniform step size shows epoch-wise double descent,
+    per-group step sizes remove it."""
     """Excess risk R - sigma^2 of linear GD vs step: empirical mean and 10-90% band over
     the draws, closed form (dashed) and the closed form's two group contributions."""
     fig, axes = style.figure(ncols=2, sharey=True)
@@ -117,7 +108,10 @@ def _epochwise_risk(epochwise: pd.DataFrame, options: dict):
     return fig
 
 
-def _two_layer_risk(two_layer: pd.DataFrame, options: dict):
+@figure(two_layer=["init", "scale", "step", "risk", "risk_ode", "risk_lazy"])
+def two_layer_risk(two_layer: pd.DataFrame, options: dict):
+    """Risk of the two-layer linear network vs step from a small and a large init,
+    against the reduced (u, z) ODE and the linearised (lazy) network."""
     """Risk of the two-layer linear network vs step, small and large init, against the
     reduced (u, z) ODE and the linearised (lazy) network."""
     fig, axes = style.figure(ncols=2, sharey=True)
@@ -138,7 +132,10 @@ def _two_layer_risk(two_layer: pd.DataFrame, options: dict):
     return fig
 
 
-def _weight_error(epochwise: pd.DataFrame, two_layer: pd.DataFrame, options: dict):
+@figure(epochwise=["schedule", "step", "werr_fast_mean", "werr_fast_q10", "werr_fast_q90", "werr_slow_mean", "werr_slow_q10", "werr_slow_q90", "werr_fast_theory", "werr_slow_theory"], two_layer=["init", "scale", "step", "werr_fast", "werr_slow", "werr_fast_ode", "werr_slow_ode"])
+def weight_error(epochwise: pd.DataFrame, two_layer: pd.DataFrame, options: dict):
+    """Mean over each feature group of ((w_i - theta_i) / theta_i)^2 vs step: (a) linear
+    gradient descent, (b) the two-layer network from the small init."""
     """The seed's "MSE weights, large/small": mean over each group of
     ((w_i - theta_i)/theta_i)^2 vs step; (a) linear GD (one step size), (b) two-layer
     network from the small init."""
@@ -168,7 +165,11 @@ def _weight_error(epochwise: pd.DataFrame, two_layer: pd.DataFrame, options: dic
     return fig
 
 
-def _modelwise(modelwise: pd.DataFrame, options: dict):
+@figure(modelwise=["source", "method", "snr", "ratio", "risk", "risk_q10", "risk_q90"])
+def modelwise(modelwise: pd.DataFrame, options: dict):
+    """Test risk vs n/p: (a) min-norm least squares, exact finite-p theory (lines) and
+    simulations (markers, 10-90% bars), with its peak at n/p = 1; (b) oracle early-
+    stopped gradient flow, where the peak is gone."""
     """Test risk vs n/p: (a) min-norm least squares (exact finite-p theory lines, empirical
     mean markers with 10-90% bars), (b) oracle early-stopped gradient flow (proportional
     limit theory), with (a)'s theory faint for comparison."""
@@ -221,7 +222,11 @@ def _modelwise(modelwise: pd.DataFrame, options: dict):
     return fig
 
 
-def _jacobian_spectrum(jacobian: pd.DataFrame, options: dict):
+@figure(jacobian=["init", "scale", "when", "index", "sv", "w_share"])
+def jacobian_spectrum(jacobian: pd.DataFrame, options: dict):
+    """Singular values of the network Jacobian on the training set at init (open) and
+    after training (filled), small and large init; (b) the share of each right singular
+    vector on the first layer."""
     """Singular values of the network Jacobian (outputs on the training set w.r.t. (W, v))
     at init (open) and after training (filled), small and large init; (b) the share of
     each right singular vector on the first layer W (the seed's view)."""

@@ -1,17 +1,13 @@
-"""Curvature: inverse HVPs and influence functions (memgen.curvature)."""
+"""Run functions of the curvature family: inverse HVPs and influence functions
+(memgen.curvature; Koh & Liang 2017, seed 003)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from memgen import MemgenError, h5io
+from memgen import MemgenError
 from memgen.progress import Progress, sublabel
-from memgen.provenance import code_hash
-# Inverse Hessian-vector products and influence functions (Koh & Liang 2017; seed 003).
-# Library: memgen.curvature. Params are built by memgen.experiments.curvature.
 
 def _cv_bce(out, y):
     """Mean logistic loss of logits ``out`` (n, 1) against labels y in {0, 1}."""
@@ -31,12 +27,13 @@ def _cv_model(spec: dict, d: int) -> torch.nn.Module:
     return net.double()
 
 
-def curvature_toy(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def toy(job) -> None:
     """The seed's toy: L(w) = (y - w1 w2 x)^2 on one point, at w, right-hand side v.
     Exact / CG / LiSSA solutions of (H + damping I) x = v for every damping; LiSSA
     iterate paths for every scale (damping 0) and every damping (at ``damping_scale``).
     A scale the guard rejects is recorded as diverged (its message in the attribute
     ``messages``) with the unguarded iterates until they leave |x| <= ``bound``."""
+    params = job.params
     import json
 
     from memgen import curvature as cv
@@ -82,15 +79,16 @@ def curvature_toy(inputs: dict, output: Path, params: dict, device: str = "cpu",
               "scale_study/scale": np.asarray(scales, float), "scale_study/path": sp, "scale_study/diverged": sd,
               "scale_study/steps": ss, "damping_study/path": dp, "damping_study/diverged": dd,
               "damping_study/steps": ds}
-    h5io.write(output, arrays, step="curvature_toy", params=params, code_sha256=code_hash("curvature_toy"),
+    job.write(arrays,
                attrs={"methods": json.dumps(list(opts)), "scale_messages": json.dumps(sm),
                       "damping_messages": json.dumps(dm), "lambda_max": float(lam[-1])})
 
 
-def curvature_digits(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
+def digits(job) -> None:
     """scikit-learn's 8x8 digits, two classes (``classes[0]`` -> label 0, ``classes[1]`` -> 1),
     pixels / 16 in [0, 1]; a seeded permutation gives ``n_train`` training and ``n_test``
     test points (0 = all the rest). ``index_*``: rows of sklearn's data set."""
+    params = job.params
     from sklearn.datasets import load_digits
 
     raw = load_digits()
@@ -105,38 +103,34 @@ def curvature_digits(inputs: dict, output: Path, params: dict, device: str = "cp
     tr, te = perm[:n_tr], perm[n_tr:n_tr + n_te]
     pick = lambda idx: (raw.data[idx] / 16.0, (raw.target[idx] == c1).astype(np.float64))  # noqa: E731
     (xtr, ytr), (xte, yte) = pick(tr), pick(te)
-    h5io.write(output, {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "index_train": tr,
-                        "index_test": te}, step="curvature_digits", params=params, seed=params["seed"],
-               code_sha256=code_hash("curvature_digits"))
+    job.write({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "index_train": tr,
+                        "index_test": te}, seed=params["seed"])
 
 
-CV_DIGITS_SHAPES = {"x_train": ("n_train", "d"), "y_train": ("n_train",), "x_test": ("n_test", "d"),
-                    "y_test": ("n_test",)}
-
-
-def _cv_load(inputs: dict, train_params: dict, with_model: bool = True):
-    """(x_train, y_train, x_test, y_test) as float64 tensors, and the trained model."""
-    ds = h5io.read(inputs["dataset"], CV_DIGITS_SHAPES, step="curvature_digits", expect_params=train_params["dataset"])
+def _cv_load(job, with_model: bool = True):
+    """(x_train, y_train, x_test, y_test) as float64 tensors, and the trained model of input ``train``."""
+    ds = job.read("dataset", ("x_train", "y_train", "x_test", "y_test"))
     t = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in ds.arrays.items()}
     data = (t["x_train"], t["y_train"], t["x_test"], t["y_test"])
     if not with_model:
         return data, None
-    model = _cv_model(train_params["model"], data[0].shape[1])
     from memgen import curvature as cv
 
-    r = h5io.read(inputs["train"], {"w": (cv.flat_params(model).numel(),)}, step="curvature_train",
-                  expect_params=train_params)
-    cv.set_flat_params(model, torch.from_numpy(r["w"]))
+    model = _cv_model(job.params["train"]["model"], data[0].shape[1])
+    w = job.read("train", ("w",))["w"]
+    if w.shape != (cv.flat_params(model).numel(),):
+        raise MemgenError(f"{job.path('train')}: w has shape {w.shape}, the model needs ({cv.flat_params(model).numel()},)")
+    cv.set_flat_params(model, torch.from_numpy(w))
     return data, model
 
 
-def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
-                    **_) -> None:
+def train(job) -> None:
     """Train a classifier to the optimum of mean logistic loss + (l2/2)||w||^2 (full batch,
     Newton-CG or L-BFGS, float64); store w and every point's loss."""
+    params, progress = job.params, job.progress
     from memgen import curvature as cv
 
-    (xtr, ytr, xte, yte), _ = _cv_load(inputs, params, with_model=False)
+    (xtr, ytr, xte, yte), _ = _cv_load(job, with_model=False)
     model = _cv_model(params["model"], xtr.shape[1])
     info = cv.fit(model, _cv_bce, xtr, ytr, l2=params["l2"], **params["fit"],
                   progress=progress)
@@ -146,8 +140,7 @@ def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu
         arrays = {"w": cv.flat_params(model), "train_logits": out_tr, "test_logits": out_te,
                   "train_losses": loss(out_tr, ytr, reduction="none"), "test_losses": loss(out_te, yte, reduction="none")}
     acc = lambda o, y: float(((o > 0).double() == y).double().mean())  # noqa: E731
-    h5io.write(output, arrays, step="curvature_train", params=params, seed=params["model"]["seed"],
-               code_sha256=code_hash("curvature_train"),
+    job.write(arrays, seed=params["model"]["seed"],
                attrs={"grad_norm": info["grad_norm"], "iterations": info["iterations"], "objective": info["loss"],
                       "train_acc": acc(out_tr, ytr), "test_acc": acc(out_te, yte)})
 
@@ -162,17 +155,17 @@ def _cv_test_index(params: dict, test_losses: np.ndarray) -> int:
     return int(i)
 
 
-def curvature_influence(inputs: dict, output: Path, params: dict, device: str = "cpu",
-                        progress: str | None = None, **_) -> None:
+def influence(job) -> None:
     """Predicted change of one test point's loss on removing each training point,
     (1/n) g_test^T (H + damping I)^{-1} g_i (memgen.curvature.influence_on_test_loss, CG),
     and the training points to check by retraining: the ``n_top`` largest |prediction|
     and ``n_random`` others drawn with ``seed``."""
+    params, progress = job.params, job.progress
     from memgen import curvature as cv
 
     tp = params["train"]
-    (xtr, ytr, xte, yte), model = _cv_load(inputs, tp)
-    r = h5io.read(inputs["train"], {"test_losses": (None,)}, step="curvature_train", expect_params=tp)
+    (xtr, ytr, xte, yte), model = _cv_load(job)
+    r = job.read("train", ("test_losses",))
     ti = _cv_test_index(params, r["test_losses"])
     inf = cv.influence_on_test_loss(model, _cv_bce, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], damping=params["damping"],
                                     method="cg", l2=tp["l2"], cache_graph=True, vectorized=False, tol=params["cg_tol"],
@@ -184,28 +177,23 @@ def curvature_influence(inputs: dict, output: Path, params: dict, device: str = 
     rest = np.setdiff1d(np.arange(n), top)
     rnd = np.sort(np.random.default_rng(sel["seed"]).choice(rest, min(sel["n_random"], len(rest)), replace=False))
     selected = np.concatenate([top, rnd]).astype(np.int64)
-    h5io.write(output, {"predicted": pred, "up_loss": inf.up_loss, "s_test": inf.s_test, "test_grad": inf.test_grad,
+    job.write({"predicted": pred, "up_loss": inf.up_loss, "s_test": inf.s_test, "test_grad": inf.test_grad,
                         "selected": selected, "selected_top": np.r_[np.ones(len(top)), np.zeros(len(rnd))].astype(bool),
-                        "cg_residual_history": np.asarray(inf.info["residual_history"])},
-               step="curvature_influence", params=params, seed=sel["seed"], code_sha256=code_hash("curvature_influence"),
+                        "cg_residual_history": np.asarray(inf.info["residual_history"])}, seed=sel["seed"],
                attrs={"test_index": ti, "test_loss": float(r["test_losses"][ti]), "test_label": float(yte[ti]),
                       "cg_iterations": inf.info["iterations"], "cg_residual": inf.info["residual"],
                       "cg_true_residual": inf.info["true_residual"]})
 
 
-CV_INFLUENCE_SHAPES = {"predicted": ("n_train",), "selected": ("k",), "selected_top": ("k",)}
-
-
-def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
-                  **_) -> None:
+def loo(job) -> None:
     """Actual change of the test loss on removing each selected training point: retrain
     on the other n - 1 points (warm start at the trained w, memgen.curvature.leave_one_out)."""
+    params, progress = job.params, job.progress
     from memgen import curvature as cv
 
-    ip = params["influence"]
-    tp = ip["train"]
-    (xtr, ytr, xte, yte), model = _cv_load(inputs, tp)
-    inf = h5io.read(inputs["influence"], CV_INFLUENCE_SHAPES, step="curvature_influence", expect_params=ip)
+    tp = params["train"]
+    (xtr, ytr, xte, yte), model = _cv_load(job)
+    inf = job.read("influence", ("predicted", "selected", "selected_top"))
     ti = int(inf.attrs["test_index"])
     sel = inf["selected"]
     actual, grad_norms, iters = [], [], []
@@ -220,28 +208,26 @@ def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu",
         bar.update(k + 1, f"point {int(i)} actual {actual[-1]:.4g} predicted {float(inf['predicted'][i]):.4g} "
                           f"grad {grad_norms[-1]:.2g}")
     bar.finish()
-    h5io.write(output, {"selected": sel, "actual": np.asarray(actual), "predicted": inf["predicted"][sel],
+    job.write({"selected": sel, "actual": np.asarray(actual), "predicted": inf["predicted"][sel],
                         "selected_top": inf["selected_top"], "grad_norm": np.asarray(grad_norms),
                         "iterations": np.asarray(iters)},
-               step="curvature_loo", params=params, code_sha256=code_hash("curvature_loo"),
                attrs={"test_index": ti, "max_grad_norm": float(max(grad_norms, default=0.0))})
 
 
-def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "cpu",
-                      progress: str | None = None, **_) -> None:
+def solvers(job) -> None:
     """Accuracy vs number of HVPs of CG and LiSSA on (H + damping I) x = g_test, the
     influence system: relative error against a dense solve after every CG iteration and
     every ``record_every`` LiSSA steps (full batch at scale ``scale_factor`` (lambda_max +
     damping); mini-batch Hessians of ``batch_size`` points, counted as batch_size / n of
     a full HVP). The power iteration that sets the LiSSA scale is counted too."""
+    params, progress = job.params, job.progress
     import json
 
     from memgen import curvature as cv
 
-    ip = params["influence"]
-    tp = ip["train"]
-    (xtr, ytr, xte, yte), model = _cv_load(inputs, tp)
-    inf = h5io.read(inputs["influence"], {"test_grad": (None,)}, step="curvature_influence", expect_params=ip)
+    ip, tp = params["influence"], params["train"]
+    (xtr, ytr, xte, yte), model = _cv_load(job)
+    inf = job.read("influence", ("test_grad",))
     v = torch.from_numpy(inf["test_grad"])
     l2, damping, n = tp["l2"], ip["damping"], len(ytr)
     data_hvp = cv.make_module_hvp(model, _cv_bce, [(xtr, ytr)], cache_graph=True)
@@ -278,18 +264,7 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
             add(name, pinfo["hvps"] + cost * j, err(xj))
     methods = sorted(set(rows["method"]))
     code = np.array([methods.index(m) for m in rows["method"]])
-    h5io.write(output, {"method_code": code, "hvps": np.asarray(rows["hvps"]), "rel_error": np.asarray(rows["rel_error"]),
+    job.write({"method_code": code, "hvps": np.asarray(rows["hvps"]), "rel_error": np.asarray(rows["rel_error"]),
                         "reference": ref},
-               step="curvature_solvers", params=params, code_sha256=code_hash("curvature_solvers"),
                attrs={"methods": json.dumps(methods), "lambda_max": float(lam), "cg_iterations": cg_info["iterations"],
                       "cg_true_residual": cg_info["true_residual"], "P": int(v.numel())})
-
-
-STEPS = {
-    "curvature_toy": (curvature_toy, (), "curvature: the seed's toy, exact/CG/LiSSA and LiSSA paths"),
-    "curvature_digits": (curvature_digits, (), "curvature: two classes of sklearn digits in [0, 1]"),
-    "curvature_train": (curvature_train, ("dataset",), "curvature: train logistic regression / MLP to the optimum"),
-    "curvature_influence": (curvature_influence, ("dataset", "train"), "curvature: influence of every training point"),
-    "curvature_loo": (curvature_loo, ("dataset", "train", "influence"), "curvature: leave-one-out retraining"),
-    "curvature_solvers": (curvature_solvers, ("dataset", "train", "influence"), "curvature: CG vs LiSSA accuracy"),
-}

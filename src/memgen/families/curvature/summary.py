@@ -1,8 +1,7 @@
 """Curvature: inverse Hessian-vector products and influence functions (Koh & Liang 2017;
 seed 003, whose finite-difference HVP and LiSSA damping memgen.curvature improves on).
 
-Builds every step's parameters from the ``curvature`` config block (the only place that
-knows the block's layout) and summarises the step files into tidy CSV tables:
+The summary: the step files as tidy CSV tables:
 
 - ``toy``: the seed's toy (y = w1 w2 x on {(2, 1)} at (1, 1/3), v = (1, 1)): exact, CG
   and LiSSA solutions of (H + damping I) x = v per damping, and per LiSSA run of the two
@@ -19,104 +18,19 @@ knows the block's layout) and summarises the step files into tidy CSV tables:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from memgen.experiments import write_csv
-from memgen import MemgenError, h5io
-
-FAMILY = "curvature"
-MODELS = ("logreg", "mlp")
-FIGURES = ("lissa_scale", "lissa_damping", "solver_accuracy", "influence_vs_loo", "helpful_harmful")
-SUMMARIES = ("toy", "paths", "models", "influence", "solvers", "images")
-
-
-def check(cv: dict) -> list[str]:
-    """Problems a schema cannot express (keys relative to the ``curvature`` block)."""
-    out = []
-    toy = cv["toy"]
-    for key in ("scales", "dampings"):
-        if len(set(toy[key])) != len(toy[key]):
-            out.append(f"toy.{key}: contains duplicates {toy[key]}")
-    d = cv["digits"]
-    if d["classes"][0] == d["classes"][1]:
-        out.append(f"digits.classes: must be two different digits, got {d['classes']}")
-    # each digit has ~180 images in sklearn's data set; the step reports the exact count
-    if d["n_train"] + d["n_test"] > 350:
-        out.append(f"digits.n_train + n_test: {d['n_train'] + d['n_test']} exceeds the ~350 images of two classes")
-    n_check = cv["influence"]["n_top"] + cv["influence"]["n_random"]
-    if n_check > d["n_train"]:
-        out.append(f"influence.n_top + n_random: {n_check} exceeds digits.n_train = {d['n_train']}")
-    if cv["solvers"]["batch_size"] > d["n_train"]:
-        out.append(f"solvers.batch_size: {cv['solvers']['batch_size']} exceeds digits.n_train = {d['n_train']}")
-    return out
-
-
-# rules whose jobs request heavy_resources() (GPU when resources.gpu > 0)
-HEAVY_RULES = frozenset({"cv_train", "cv_influence", "cv_loo", "cv_solvers"})
-
-
-def plan_jobs(cv: dict) -> dict[str, int]:
-    """Jobs per rule of workflow/rules/curvature.smk (the per-model steps once per model)."""
-    return {"cv_toy": 1, "cv_digits": 1, **{f"cv_{step}": len(MODELS) for step in ("train", "influence", "loo",
-                                                                                 "solvers")},
-            "cv_summary": 1, "cv_figure": len(FIGURES)}
-
-
-# ---------------------------------------------------------------- step params
-
-
-def toy_params(cv: dict) -> dict:
-    return {"x": 2.0, "y": 1.0, "w": [1.0, 1.0 / 3.0], "v": [1.0, 1.0], **cv["toy"]}
-
-
-def digits_params(cv: dict) -> dict:
-    return dict(cv["digits"])
-
-
-def train_params(cv: dict, model: str) -> dict:
-    if model not in MODELS:
-        raise MemgenError(f"curvature: unknown model '{model}' ({', '.join(MODELS)})")
-    m = cv[model]
-    spec = {"kind": model, "seed": int(m["seed"])}
-    if model == "mlp":
-        spec["hidden"] = int(m["hidden"])
-    return {"dataset": digits_params(cv), "model": spec, "l2": float(m["l2"]), "fit": dict(m["fit"])}
-
-
-def influence_params(cv: dict, model: str) -> dict:
-    inf = cv["influence"]
-    return {"train": train_params(cv, model), "damping": float(cv[model]["damping"]), "test_index": inf["test_index"],
-            "cg_tol": float(inf["cg_tol"]), "select": {k: inf[k] for k in ("n_top", "n_random", "seed")}}
-
-
-def loo_params(cv: dict, model: str) -> dict:
-    return {"influence": influence_params(cv, model), "fit": dict(cv[model]["fit"])}
-
-
-def solvers_params(cv: dict, model: str) -> dict:
-    s = cv["solvers"]
-    return {"influence": influence_params(cv, model), "cg_tol": float(s["cg_tol"]),
-            "lissa": {k: s[k] for k in ("depth", "record_every", "batch_size", "scale_factors", "seed")}}
-
-
-# ---------------------------------------------------------------- summary
+from memgen import h5io
 
 
 def _attr_json(d: h5io.H5Data, key: str) -> Any:
     return json.loads(d.attrs[key])
 
 
-def _toy_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    d = h5io.read(path, {"dampings": ("nd",), "solutions/x": ("nd", 3, 2), "solutions/hvps": ("nd", 3),
-                         "solutions/residual": ("nd", 3), "solutions/exact": ("nd", 2),
-                         "scale_study/scale": ("ns",), "scale_study/path": ("ns", "depth", 2),
-                         "scale_study/diverged": ("ns",), "scale_study/steps": ("ns",),
-                         "damping_study/path": ("nd", "depth", 2), "damping_study/diverged": ("nd",),
-                         "damping_study/steps": ("nd",), "eigenvalues": (2,)}, step="curvature_toy")
+def _toy_tables(d: h5io.H5Data) -> tuple[pd.DataFrame, pd.DataFrame]:
     p = d.params
     lam = d["eigenvalues"]
     methods = _attr_json(d, "methods")
@@ -162,18 +76,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return _pearson(rank(a), rank(b))
 
 
-def _model_tables(dataset: Path, train: Path, influence: Path, loo: Path, n_images: int):
-    tr = h5io.read(train, {"test_losses": ("m",)}, step="curvature_train")
+def _model_tables(ds: h5io.H5Data, tr: h5io.H5Data, inf: h5io.H5Data, lo: h5io.H5Data, n_images: int):
+    """The rows of one model from its train, influence and leave-one-out files."""
     model = tr.params["model"]["kind"]
-    ds = h5io.read(dataset, {"x_train": ("n", "d"), "y_train": ("n",), "x_test": ("m", "d"), "y_test": ("m",),
-                             "index_train": ("n",), "index_test": ("m",)}, step="curvature_digits",
-                   expect_params=tr.params["dataset"])
-    inf = h5io.read(influence, {"predicted": ("n",), "selected": ("k",)}, step="curvature_influence")
-    lo = h5io.read(loo, {"selected": ("k",), "actual": ("k",), "predicted": ("k",), "selected_top": ("k",),
-                         "grad_norm": ("k",)}, step="curvature_loo", expect_params={"influence": inf.params,
-                                                                                   "fit": tr.params["fit"]})
-    if inf.params["train"] != tr.params:
-        raise h5io.H5Error(f"{influence}: computed for another trained model than {train}")
+    if tr.params["dataset"] != ds.params:
+        raise h5io.H5Error(f"{tr.path}: trained on another data set than {ds.path}")
+    if inf.params["train"] != tr.params or lo.params["influence"] != inf.params:
+        raise h5io.H5Error(f"{inf.path}, {lo.path}: computed for another trained model than {tr.path}")
     classes = ds.params["classes"]
     digit = lambda y: int(classes[int(y)])  # noqa: E731
     sel, act, pred = lo["selected"], lo["actual"], lo["predicted"]
@@ -206,8 +115,7 @@ def _model_tables(dataset: Path, train: Path, influence: Path, loo: Path, n_imag
     return row, infl, images
 
 
-def _solver_table(path: Path) -> pd.DataFrame:
-    d = h5io.read(path, {"method_code": ("r",), "hvps": ("r",), "rel_error": ("r",)}, step="curvature_solvers")
+def _solver_table(d: h5io.H5Data) -> pd.DataFrame:
     methods = _attr_json(d, "methods")
     model = d.params["influence"]["train"]["model"]["kind"]
     return pd.DataFrame({"model": model, "method": [methods[c] for c in d["method_code"]], "hvps": d["hvps"],
@@ -215,24 +123,22 @@ def _solver_table(path: Path) -> pd.DataFrame:
                          "damping": d.params["influence"]["damping"]})
 
 
-def summarize(inputs: dict[str, list[Path]], outputs: dict[str, Path]) -> None:
-    """CLI entry: inputs toy, dataset, train, influence, loo, solvers (the last four
-    aligned, one file per model) and n_images (optional, a number as a path);
-    outputs toy, paths, models, influence, solvers, images."""
-    missing = [k for k in SUMMARIES if k not in outputs]
-    if missing:
-        raise MemgenError(f"summary curvature: missing --output {', '.join(m + '=PATH' for m in missing)}")
-    n_images = int(str(inputs.get("n_images", [5])[0]))
-    toy, paths = _toy_tables(inputs["toy"][0])
+def summary(job) -> None:
+    """Tidy tables of the toy, the influence checks per model and the solver study
+    (module doc)."""
+    toy, paths = _toy_tables(job.read("toy"))
+    ds = job.read("dataset")
     rows, infl, imgs = [], [], []
-    for train, influence, loo in zip(inputs["train"], inputs["influence"], inputs["loo"]):
-        r, i, im = _model_tables(inputs["dataset"][0], train, influence, loo, n_images)
+    models = zip(job.read_each("train", ("test_losses",)), job.read_each("influence", ("predicted", "selected")),
+                 job.read_each("loo", ("selected", "actual", "predicted", "selected_top", "grad_norm")))
+    for tr, inf, lo in models:
+        r, i, im = _model_tables(ds, tr, inf, lo, job.params["n_images"])
         rows.append(r)
         infl.append(i)
         imgs.append(im)
-    solvers = pd.concat([_solver_table(p) for p in inputs.get("solvers", [])] or [pd.DataFrame()], ignore_index=True)
+    solvers = [_solver_table(d) for d in job.read_each("solvers", ("method_code", "hvps", "rel_error"))]
     tables = {"toy": toy, "paths": paths, "models": pd.DataFrame(rows), "influence": pd.concat(infl, ignore_index=True),
-              "solvers": solvers, "images": pd.concat(imgs, ignore_index=True)}
+              "solvers": pd.concat(solvers or [pd.DataFrame()], ignore_index=True),
+              "images": pd.concat(imgs, ignore_index=True)}
     for key, df in tables.items():
-        write_csv(df, outputs[key])
-
+        job.write_csv(key, df)

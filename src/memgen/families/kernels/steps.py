@@ -1,17 +1,17 @@
-"""Kernels family: NTK/NNGP regression, convergence to the analytic kernel, linearized GD."""
+"""Run functions of the kernels family: NTK/NNGP regression, convergence to the
+infinite-width kernels, linearized vs real GD (memgen.kernels, memgen.dynamics)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from memgen import MemgenError, h5io, kernels
+from memgen import MemgenError, kernels
+from memgen.families.shared import load_dataset
 from memgen.models import FC, FlatFC
 from memgen.progress import Progress, sublabel
-from memgen.provenance import code_hash
-from memgen.steps.core import DTYPES, _load_dataset, resolve_device
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _gd_mse(model: FlatFC, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
@@ -39,11 +39,11 @@ def _gd_mse(model: FlatFC, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr
     return w, f, False
 
 
-def _kernels_data(inputs, params, dtype, n_train=None):
-    ds = _load_dataset(inputs["dataset"], params["dataset"], "cpu", dtype)
+def _kernels_data(job, dtype, n_train=None):
+    ds = load_dataset(job, dtype=dtype)
     n = len(ds.y_train) if n_train is None else n_train
     if n > len(ds.y_train):
-        raise MemgenError(f"{inputs['dataset']}: has {len(ds.y_train)} training points, step needs {n}")
+        raise MemgenError(f"{job.path('dataset')}: has {len(ds.y_train)} training points, step needs {n}")
     return ds.x_train[:n], ds.y_train[:n], ds.x_test, ds.y_test
 
 
@@ -51,14 +51,14 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((torch.sign(pred) == y).to(torch.float64).mean()) if torch.isfinite(pred).all() else float("nan")
 
 
-def kernel_accuracy(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
-                    **_) -> None:
+def accuracy(job) -> None:
     """Test accuracy (sign of the prediction vs +-1 labels) on the first ``n_train``
     points of the data set: empirical-NTK regression and the seed-002 NNGP predictor of a
     seeded FC, infinite-width NTK / NNGP kernel regression, and the FC trained by GD."""
-    dev = resolve_device(device)
+    params, progress = job.params, job.progress
+    dev = job.torch_device()
     dtype = DTYPES[params["dtype"]]
-    x, y, xt, yt = (v.to(dev) for v in _kernels_data(inputs, params, dtype, params["n_train"]))
+    x, y, xt, yt = (v.to(dev) for v in _kernels_data(job, dtype, params["n_train"]))
     net = FC(seed=params["seed"], dtype=dtype, **params["model"]).to(dev)
     acc = {"ntk": _accuracy(kernels.ntk_regression(net, x, y, xt, params["ridge_ntk"]), yt),
            "nngp": _accuracy(kernels.nngp_predictor(net, x, y, xt, params["ridge_nngp"])[1], yt)}
@@ -72,18 +72,17 @@ def kernel_accuracy(inputs: dict, output: Path, params: dict, device: str = "cpu
                              progress=progress)
     with torch.no_grad():
         acc["trained"] = float("nan") if diverged else _accuracy(flat.forward(w, xt, keep=False)[0], yt)
-    h5io.write(output, {f"acc_{k}": np.float64(v) for k, v in acc.items()}, step="kernel_accuracy",
-               params=params, seed=params["seed"], code_sha256=code_hash("kernel_accuracy"),
-               attrs={"diverged": diverged})
+    job.write({f"acc_{k}": np.float64(v) for k, v in acc.items()}, seed=params["seed"],
+              attrs={"diverged": diverged})
 
 
-def ntk_convergence(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
-                    **_) -> None:
+def convergence(job) -> None:
     """Relative Frobenius error of the empirical NTK and NNGP (last hidden features,
     a.a'/h) of seeded FCs against the infinite-width kernels, on ``n_points`` points."""
-    dev = resolve_device(device)
+    params, progress = job.params, job.progress
+    dev = job.torch_device()
     dtype = DTYPES[params["dtype"]]
-    x = _kernels_data(inputs, params, dtype, params["n_points"])[0].to(dev)
+    x = _kernels_data(job, dtype, params["n_points"])[0].to(dev)
     nngp_inf, ntk_inf = kernels.analytic_kernels(x, None, params["model"]["L"])
     ntk_err, nngp_err = [], []
     bar = Progress(progress, len(params["seeds"]), unit="seed",
@@ -95,20 +94,19 @@ def ntk_convergence(inputs: dict, output: Path, params: dict, device: str = "cpu
         nngp_err.append(kernels.relative_change(nngp_inf, a @ a.t()))
         bar.update(k + 1, f"seed {seed}: NTK error {ntk_err[-1]:.3g}")
     bar.finish()
-    h5io.write(output, {"ntk_rel_err": np.array(ntk_err), "nngp_rel_err": np.array(nngp_err),
-                        "seeds": np.array(params["seeds"], dtype=np.int64)}, step="ntk_convergence",
-               params=params, seed=params["seeds"][0], code_sha256=code_hash("ntk_convergence"))
+    job.write({"ntk_rel_err": np.array(ntk_err), "nngp_rel_err": np.array(nngp_err),
+               "seeds": np.array(params["seeds"], dtype=np.int64)}, seed=params["seeds"][0])
 
 
-def linearized_training(inputs: dict, output: Path, params: dict, device: str = "cpu",
-                        progress: str | None = None, **_) -> None:
+def linearized(job) -> None:
     """GD on (1/2n) sum (f - y)^2 of a seeded FC and of its linearization at init (NTK,
     seed 001): losses on train/test and ||w_lin(t) - w(t)|| at log-spaced steps."""
+    params, progress = job.params, job.progress
     from memgen.dynamics import linearized_predictions, linearized_weights
 
-    dev = resolve_device(device)
+    dev = job.torch_device()
     dtype = DTYPES[params["dtype"]]
-    x, y, xt, yt = (v.to(dev) for v in _kernels_data(inputs, params, dtype, params["n_train"]))
+    x, y, xt, yt = (v.to(dev) for v in _kernels_data(job, dtype, params["n_train"]))
     net = FC(seed=params["seed"], dtype=dtype, **params["model"]).to(dev)
     flat, w0 = net.flat(), net.flat_parameters()
     lr, steps = params["lr"], params["steps"]
@@ -140,12 +138,4 @@ def linearized_training(inputs: dict, output: Path, params: dict, device: str = 
     arrays.update({"step": record[:m], "t": record[:m] * lr,
                    "lin_loss_train": (((Ftr[:m] - y) ** 2).mean(1) / 2),
                    "lin_loss_test": (((Fte[:m] - yt) ** 2).mean(1) / 2)})
-    h5io.write(output, arrays, step="linearized_training", params=params, seed=params["seed"],
-               code_sha256=code_hash("linearized_training"), attrs={"diverged": diverged})
-
-
-STEPS = {
-    "kernel_accuracy": (kernel_accuracy, ("dataset",), "test accuracy of NTK/NNGP regression and the trained FC"),
-    "ntk_convergence": (ntk_convergence, ("dataset",), "empirical vs infinite-width NTK/NNGP error at one width"),
-    "linearized_training": (linearized_training, ("dataset",), "GD of an FC vs its linearization (seed 001)"),
-}
+    job.write(arrays, seed=params["seed"], attrs={"diverged": diverged})
