@@ -26,6 +26,11 @@ for _family in registry():  # workflow/rules/FAMILY.smk for every family memgen 
     include: f"workflow/rules/{_family}.smk"
 
 
+_no_block = [f for f in config["families"] if f not in FAMILY_TARGETS]
+if _no_block:
+    raise ValueError(f"config: families lists {_no_block} but the config has no block for them")
+
+
 rule all:
     default_target: True
     input:

@@ -39,18 +39,30 @@ def config_block(family: str, **over) -> dict:
     return config.validate({"families": [family], family: block})[family]
 
 
-def run_step(step: str, inputs: dict, output: Path, params: dict) -> int:
-    """``python -m memgen STEP --input NAME=PATH ... --output OUT --params JSON`` in
-    process; the CLI installs its SIGTERM handler (save a resume point): pytest's is
-    restored afterwards."""
+def step_params(step: str, block: dict, **wildcards) -> dict:
+    """The params the workflow gives step ``step`` (memgen.declare.job_params) for the
+    family ``block`` at ``wildcards`` (values formatted as in file names: floats ``:g``)."""
+    from memgen.declare import job_params
+    from memgen.families import step as declared
+
+    wc = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in wildcards.items()}
+    return job_params(declared(step), block, wc)
+
+
+def run_step(step: str, inputs: dict, output, params: dict, *extra: str) -> int:
+    """``python -m memgen STEP --input NAME PATH ... --output OUT --params JSON`` in
+    process (``output`` a path, or a dict NAME -> path for a step with several; an input
+    may be a list of paths); the CLI installs its SIGTERM handler (save a resume point):
+    pytest's is restored afterwards."""
     from memgen.cli import main
 
     args = [step]
     for name, path in inputs.items():
-        args += ["--input", f"{name}={path}"]
+        args += ["--input", name, *map(str, path if isinstance(path, (list, tuple)) else [path])]
+    outs = [f"{k}={v}" for k, v in output.items()] if isinstance(output, dict) else [str(output)]
     old = signal.getsignal(signal.SIGTERM)
     try:
-        return main(args + ["--output", str(output), "--params", json.dumps(params), "--device", "cpu"])
+        return main(args + ["--output", *outs, "--params", json.dumps(params), "--device", "cpu", *extra])
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -77,3 +89,39 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_family(family: str, block: dict, workdir: Path) -> dict[str, dict]:
+    """Every job the family's summary needs, run in process through the CLI in
+    declaration order (a small stand-in for Snakemake, from the same declarations);
+    returns step -> {wildcards tuple: output path(s)} under ``workdir``."""
+    from memgen.declare import At, Each, input_paths, producer_of
+    from memgen.families import registry
+
+    fam = registry()[family]
+    jobs: dict[str, set] = {}
+
+    def need(step, wc):
+        key = tuple(sorted((k, wc[k]) for k in step.wildcards))
+        if key in jobs.setdefault(step.name, set()):
+            return
+        jobs[step.name].add(key)
+        for source in step.inputs.values():
+            if isinstance(source, Each):
+                for p in source.points(block):
+                    need(source.step, p)
+            else:
+                need(producer_of(source), source.wildcards(wc) if isinstance(source, At) else wc)
+
+    need(fam.summary, {})
+    out: dict[str, dict] = {}
+    for step in fam.steps:
+        for key in sorted(jobs.get(step.name, ())):
+            wc = dict(key)
+            ins = {k: ([workdir / p for p in v] if isinstance(v, list) else workdir / v)
+                   for k, v in input_paths(step, block, wc).items()}
+            outs = {k: workdir / step.path(wc, k) for k in step.outputs}
+            target = outs[""] if isinstance(step.output, str) else outs
+            assert run_step(step.name, ins, target, step_params(step.name, block, **wc)) == 0, (step.name, wc)
+            out.setdefault(step.name, {})[key] = target
+    return out

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import config_block, copy_workflow, run_step
-from memgen.experiments import time_scale as TS
+from conftest import config_block, copy_workflow, run_step, step_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -68,11 +67,11 @@ def good(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("good")
     files = {"dataset": d / "dataset.h5", "init": d / "init.h5", "dataset_other": d / "dataset_other.h5",
              "init_other": d / "init_other.h5"}
-    assert run_step("dataset", {}, files["dataset"], TS.dataset_params(ts)) == 0
-    assert run_step("init", {"dataset": files["dataset"]}, files["init"], TS.init_params(ts, H, SEED)) == 0
-    assert run_step("dataset", {}, files["dataset_other"], TS.dataset_params(other)) == 0
+    assert run_step("ts_dataset", {}, files["dataset"], step_params("ts_dataset", ts)) == 0
+    assert run_step("ts_init", {"dataset": files["dataset"]}, files["init"], step_params("ts_init", ts, h=H, seed=SEED)) == 0
+    assert run_step("ts_dataset", {}, files["dataset_other"], step_params("ts_dataset", other)) == 0
     # same data set, init seed 1 instead of 0
-    assert run_step("init", {"dataset": files["dataset"]}, files["init_other"], TS.init_params(ts, H, 1)) == 0
+    assert run_step("ts_init", {"dataset": files["dataset"]}, files["init_other"], step_params("ts_init", ts, h=H, seed=1)) == 0
     return {"ts": ts, **files}
 
 
@@ -131,7 +130,7 @@ CASES = [
      r"produced by other parameters than this step expects \(params_sha256 [0-9a-f]{12}\.\.\. != [0-9a-f]{12}\.\.\.\)"),
     ("other_params", "train", "init", lambda g, d: g["init_other"],
      r"produced by other parameters than this step expects"),
-    ("wrong_step", "train", "init", lambda g, d: g["dataset"], r"written by step 'dataset', expected step 'init'"),
+    ("wrong_step", "train", "init", lambda g, d: g["dataset"], r"written by step 'ts_dataset', expected step 'ts_init'"),
     ("w0_length", "train", "init",
      lambda g, d: _edit(g["init"], d / "init.h5", lambda f: [_replace("w0", lambda a: a[:-1])(f)]),
      r"w0 has \d+ entries, model FCSpec\(.*\) needs \d+"),
@@ -143,7 +142,7 @@ CASES = [
 def test_step_refuses_bad_hdf5_input(good, tmp_path, capsys, case, step, bad_input, make, expected):
     ts = good["ts"]
     inputs = {"dataset": good["dataset"]} if step == "init" else {"dataset": good["dataset"], "init": good["init"]}
-    params = TS.init_params(ts, H, SEED) if step == "init" else TS.train_params(ts, ALPHA, H, SEED)
+    params = step_params(f"ts_{step}", ts, alpha=ALPHA, h=H, seed=SEED)
     (tmp_path / "in").mkdir()
     bad = make(good, tmp_path / "in")
     inputs[bad_input] = bad
@@ -151,12 +150,12 @@ def test_step_refuses_bad_hdf5_input(good, tmp_path, capsys, case, step, bad_inp
     out_dir.mkdir()
     output = out_dir / "result.h5"
     capsys.readouterr()
-    rc = run_step(step, inputs, output, params)
+    rc = run_step(f"ts_{step}", inputs, output, params)
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert re.search(rf"^memgen {step}: error: {re.escape(str(bad))}: {expected}", err, re.M), err
+    assert re.search(rf"^memgen ts_{step}: error: {re.escape(str(bad))}: {expected}", err, re.M), err
     assert "Traceback" not in err
     assert list(out_dir.iterdir()) == []  # no output, no NAME.tmp, no NAME.resume
     # the same step on the good inputs writes the output: the failure was the input's
-    assert run_step(step, {**inputs, bad_input: good[bad_input]}, output, params) == 0
+    assert run_step(f"ts_{step}", {**inputs, bad_input: good[bad_input]}, output, params) == 0
     assert [p.name for p in out_dir.iterdir()] == ["result.h5"]

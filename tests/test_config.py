@@ -56,7 +56,7 @@ CASES = [
     ((TS, "dataset", "k"), DELETE, "time_scale.dataset"),
     ((TS, "flow", "max_dgrad"), 0, "time_scale.flow.max_dgrad"),
     ((TS, "figures"), {"h": 99}, "time_scale.figures.h"),
-    (("families",), ["vision"], "families[0]"),
+    (("families",), ["vision"], "families: unknown family 'vision'"),
     (("resources",), {"gpu": -1}, "resources.gpu"),
     (("double_descent", "two_layer", "lr"), -0.1, "double_descent.two_layer.lr"),
     (("double_descent", "epochwise", "n_logged"), 5000, "double_descent.epochwise.n_logged"),
@@ -152,7 +152,7 @@ def _fake_cifar_files(root: Path, names) -> None:
 
 def test_cifar_enabled_true_needs_the_batches(tmp_path):
     from memgen.data import CIFAR_FILES
-    from memgen.experiments import kernels as KN
+    from memgen.families.kernels import params as KN
 
     root = tmp_path / "cifar-10-batches-py"
     cfg = _base()

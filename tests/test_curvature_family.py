@@ -1,5 +1,5 @@
-"""The curvature family's pipeline (memgen.steps curvature_*, memgen.experiments.curvature,
-memgen.figures.curvature), called directly on tiny settings in a temporary folder."""
+"""The curvature family's pipeline (memgen.families.curvature: its steps through the CLI,
+summary and figures) on tiny settings in a temporary folder."""
 
 import copy
 import json
@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import run_family, run_step, step_params
 from memgen import MemgenError, config, h5io
-from memgen.steps import curvature as steps
-from memgen.experiments import curvature as CV
-from memgen.figures import draw
+from memgen.families.curvature import params as CV
+from memgen.families.curvature import steps
+from memgen.figures import draw, specs
 
 TOY_X = np.array([1.25, -1.0 / 12.0])  # H^{-1} (1, 1) of the seed's toy
 TOY_H = np.array([[8.0 / 9.0, 4.0 / 3.0], [4.0 / 3.0, 8.0]])
@@ -41,21 +42,10 @@ def pipeline(tmp_path_factory):
     """Every step of the family on SMALL, then the summary CSVs."""
     d = tmp_path_factory.mktemp("curvature")
     cv = _block()
-    files = {"toy": d / "toy.h5", "dataset": d / "digits.h5"}
-    steps.curvature_toy({}, files["toy"], CV.toy_params(cv))
-    steps.curvature_digits({}, files["dataset"], CV.digits_params(cv))
-    groups = {k: [] for k in ("train", "influence", "loo", "solvers")}
-    for m in CV.MODELS:
-        ins = {"dataset": files["dataset"], "train": d / f"train_{m}.h5", "influence": d / f"influence_{m}.h5"}
-        steps.curvature_train(ins, ins["train"], CV.train_params(cv, m))
-        steps.curvature_influence(ins, ins["influence"], CV.influence_params(cv, m))
-        steps.curvature_loo(ins, d / f"loo_{m}.h5", CV.loo_params(cv, m))
-        steps.curvature_solvers(ins, d / f"solvers_{m}.h5", CV.solvers_params(cv, m))
-        for k in groups:
-            groups[k].append(d / f"{k}_{m}.h5")
-    summaries = {k: d / f"curvature_{k}.csv" for k in CV.SUMMARIES}
-    CV.summarize({"toy": [files["toy"]], "dataset": [files["dataset"]], **groups, "n_images": ["3"]}, summaries)
-    return {"dir": d, "cfg": cv, "files": files, "groups": groups, "summaries": summaries}
+    out = run_family("curvature", cv, d)
+    files = {"toy": out["cv_toy"][()], "dataset": out["cv_digits"][()]}
+    groups = {k: [out[f"cv_{k}"][(("cv_model", m),)] for m in CV.MODELS] for k in ("train", "influence", "loo", "solvers")}
+    return {"dir": d, "cfg": cv, "files": files, "groups": groups, "summaries": out["cv_summary"][()]}
 
 
 # ---------------------------------------------------------------- the seed's toy
@@ -63,8 +53,8 @@ def pipeline(tmp_path_factory):
 
 def test_toy_values_through_the_step(pipeline):
     r = h5io.read(pipeline["files"]["toy"], {"H": (2, 2), "solutions/x": ("nd", 3, 2), "dampings": ("nd",),
-                                             "solutions/exact": ("nd", 2)}, step="curvature_toy",
-                  expect_params=CV.toy_params(pipeline["cfg"]))
+                                             "solutions/exact": ("nd", 2)}, step="cv_toy",
+                  expect_params=step_params("cv_toy", pipeline["cfg"]))
     assert np.allclose(r["H"], TOY_H, atol=1e-14)
     assert json.loads(r.attrs["methods"]) == ["exact", "cg", "lissa"]
     dampings = list(r["dampings"])
@@ -99,7 +89,7 @@ def test_divergent_scale_is_recorded_not_a_crash(pipeline):
     # every scale below the bound is diverged, none crashes
     out = pipeline["dir"] / "toy_small_scales.h5"
     cv = _block(toy={"scales": [0.5, 4.0, 4.2], "depth": 30, "lissa_depth": 50})
-    steps.curvature_toy({}, out, CV.toy_params(cv))
+    assert run_step("cv_toy", {}, out, step_params("cv_toy", cv)) == 0
     r = h5io.read(out, {"scale_study/diverged": (3,)})
     assert list(r["scale_study/diverged"]) == [True, True, False]
 
@@ -109,7 +99,7 @@ def test_divergent_scale_is_recorded_not_a_crash(pipeline):
 
 def test_logreg_influence_matches_leave_one_out(pipeline):
     lo = h5io.read(pipeline["groups"]["loo"][0], {"actual": ("k",), "predicted": ("k",), "selected": ("k",),
-                                                  "grad_norm": ("k",)}, step="curvature_loo")
+                                                  "grad_norm": ("k",)}, step="cv_loo")
     assert lo.params["influence"]["train"]["model"]["kind"] == "logreg"
     assert len(lo["selected"]) == 12 and len(set(lo["selected"])) == 12
     assert lo["grad_norm"].max() <= 1e-9
@@ -144,7 +134,7 @@ def test_solver_accuracy_table(pipeline):
 # ---------------------------------------------------------------- figures and config
 
 
-@pytest.mark.parametrize("name", CV.FIGURES)
+@pytest.mark.parametrize("name", list(specs("curvature")))
 def test_every_figure_draws_from_the_summaries(pipeline, name, tmp_path):
     out = tmp_path / f"{name}.png"
     draw("curvature", name, pipeline["summaries"], [str(out)], pipeline["cfg"]["figures"])

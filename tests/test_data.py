@@ -57,24 +57,37 @@ def test_labels_balanced():
     assert abs(float(ds.y_train.mean())) < 5 / np.sqrt(n)
 
 
+def _save(ds, path, params):
+    h5io.write(path, ds.arrays(), step="ts_dataset", params=params)
+
+
+def _load(path, expect_params=None, binary=True):
+    from memgen.families.shared import DATASET_WRITES
+
+    return data.from_h5(h5io.read(path, DATASET_WRITES, step="ts_dataset", expect_params=expect_params), binary)
+
+
 def test_save_load_roundtrip(tmp_path):
     ds = data.sparse_parity(30, 20, 2, 6, seed=5)
     params = {"name": "sparse_parity", "n_train": 30, "n_test": 20, "k": 2, "d": 6, "seed": 5}
     path = tmp_path / "ds.h5"
-    data.save(ds, path, params)
-    back = data.load(path, expect_params=params)
+    _save(ds, path, params)
+    back = _load(path, expect_params=params)
     for name in ("x_train", "y_train", "x_test", "y_test"):
         assert torch.equal(getattr(ds, name), getattr(back, name))
     assert back.meta == params
     with pytest.raises(h5io.H5Error, match="other parameters"):
-        data.load(path, expect_params={**params, "seed": 6})
+        _load(path, expect_params={**params, "seed": 6})
+    _save(ds, path, {**params, "n_train": 31})  # arrays that do not match the params they carry
+    with pytest.raises(h5io.H5Error, match="expected n_train = 31"):
+        _load(path)
 
 
 def test_load_rejects_non_binary_labels(tmp_path):
     ds = data.sparse_parity(30, 20, 2, 6, seed=5)
     ds.y_train = ds.y_train * 0.5
     path = tmp_path / "bad.h5"
-    data.save(ds, path, {"seed": 0})
+    _save(ds, path, {"seed": 0})
     with pytest.raises(h5io.H5Error, match="y_train"):
-        data.load(path)
-    assert len(data.load(path, binary=False).y_train) == 30
+        _load(path)
+    assert len(_load(path, binary=False).y_train) == 30

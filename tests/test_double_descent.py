@@ -1,5 +1,5 @@
-"""The double-descent pipeline (issue 5) on config/test.yaml, step functions called
-directly in tmp_path: the issue's criteria measured on the pipeline's own outputs
+"""The double-descent pipeline (issue 5) on config/test.yaml, its steps run through the
+CLI in tmp_path: the issue's criteria measured on the pipeline's own outputs
 (summary CSVs), the figures, the library additions behind the steps, the config checks
 and the Snakemake rules."""
 
@@ -16,10 +16,14 @@ import torch
 import yaml
 from threadpoolctl import threadpool_limits
 
-from memgen import config, linear, steps, theory
+from conftest import run_family
+from memgen import config, linear, theory
 from memgen.config import ConfigError
-from memgen.experiments import double_descent as DD
-from memgen.figures import draw
+from memgen.families.double_descent import params as DD
+from memgen.families.double_descent.summary import bump_height
+from memgen.figures import draw, specs
+
+FIGURES = list(specs("double_descent"))
 
 ROOT = Path(__file__).resolve().parents[1]
 CSVS = ("epochwise", "two_layer", "jacobian", "modelwise", "key_numbers")
@@ -33,21 +37,7 @@ def _block(path="config/test.yaml") -> dict:
 
 def run_pipeline(dd: dict, out: Path) -> dict[str, Path]:
     """Every step of the family in DAG order (what the rules run), then the summary."""
-    def step(name, path, params, inputs=None):
-        steps.STEPS[name][0](inputs or {}, out / path, params)
-        return out / path
-
-    lin = [step("dd_linear", f"linear_{s}.h5", DD.linear_params(dd, s)) for s in DD.SCHEDULES]
-    th_lin = step("dd_theory_linear", "theory_linear.h5", DD.theory_linear_params(dd))
-    tl = [step("dd_two_layer", f"two_layer_{i}.h5", DD.two_layer_params(dd, i)) for i in DD.INITS]
-    th_tl = [step("dd_theory_two_layer", f"theory_two_layer_{i}.h5", DD.theory_two_layer_params(dd, i), {"run": r})
-             for i, r in zip(DD.INITS, tl)]
-    mw = step("dd_modelwise", "modelwise.h5", DD.modelwise_params(dd))
-    th_mw = step("dd_theory_modelwise", "theory_modelwise.h5", DD.theory_modelwise_params(dd))
-    outputs = {k: out / f"double_descent_{k}.csv" for k in CSVS}
-    DD.summarize({"linear": lin, "theory_linear": [th_lin], "two_layer": tl, "theory_two_layer": th_tl,
-                  "modelwise": [mw], "theory_modelwise": [th_mw]}, outputs)
-    return outputs
+    return run_family("double_descent", dd, out)["dd_summary"][()]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +75,7 @@ def test_epochwise_double_descent_and_its_elimination(tables):
     # one step size: descent, a bump of ~20% of the excess risk, a second descent
     for col in ("excess_theory", "excess_mean"):
         mins, maxs = theory.local_extrema(uni[col].to_numpy())
-        assert len(maxs) >= 1 and DD.bump_height(uni[col]) > 0.1, col
+        assert len(maxs) >= 1 and bump_height(uni[col]) > 0.1, col
         k_max = uni["step"].to_numpy()[maxs[0]]
         assert 5 <= k_max <= 100
         assert uni[col].iloc[-1] < 0.7 * uni[col].iloc[maxs[0]]
@@ -93,7 +83,7 @@ def test_epochwise_double_descent_and_its_elimination(tables):
     for col in ("excess_theory", "excess_mean"):
         c = per[col].to_numpy()
         _, maxs = theory.local_extrema(np.round(c, 9))
-        assert len(maxs) == 0 and DD.bump_height(c) == 0.0, col
+        assert len(maxs) == 0 and bump_height(c) == 0.0, col
     # and early stopping with per-group step sizes beats any stopping time with one step size
     assert per["excess_theory"].min() < uni["excess_theory"].min()
     keys = tables["key_numbers"].set_index(["metric", "where"])["value"]
@@ -165,7 +155,7 @@ def test_modelwise_peak_at_one_and_early_stopping_removes_it(tables):
 
 def test_figures_draw(built, tmp_path):
     inputs = {k: built[k] for k in ("epochwise", "two_layer", "jacobian", "modelwise")}
-    for name in DD.FIGURES:
+    for name in FIGURES:
         outs = [tmp_path / f"{name}.png"] + ([tmp_path / f"{name}.pdf"] if name == "modelwise" else [])
         draw("double_descent", name, inputs, outs, {})
         assert all(p.stat().st_size > 1000 for p in outs)
@@ -185,7 +175,7 @@ def test_figures_survive_nan_and_diverged_values(built, tmp_path):
         df.loc[df.index[1::5], num] = np.inf
         bad[k] = tmp_path / f"{k}.csv"
         df.to_csv(bad[k], index=False)
-    for name in DD.FIGURES:
+    for name in FIGURES:
         draw("double_descent", name, bad, [tmp_path / f"{name}.png"], {})
 
 
@@ -269,7 +259,7 @@ def test_configs_validate():
 
 @pytest.mark.e2e
 def test_snakemake_dry_run_lists_the_rules():
-    targets = [f"figures/double_descent/{n}.png" for n in DD.FIGURES]
+    targets = [f"figures/double_descent/{n}.png" for n in FIGURES]
     snakemake = Path(sys.executable).with_name("snakemake")
     res = subprocess.run([str(snakemake), "-n", "--nolock", "--forceall", *targets, "--configfile", "config/test.yaml"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import config_block, run_step
-from memgen import h5io, steps
-from memgen.cli import main
+from conftest import config_block, run_step, step_params
+from memgen import h5io
 from memgen.losses import Loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,16 +103,15 @@ H, SEED, POISONED = 16, 0, 1.0  # the sweep: alphas 0.1, 1, 100 at h=16; the alp
 def sweep(tmp_path_factory):
     """Every step of a time-scale sweep through the CLI (as the rules run it) while the
     loss derivative of the alpha=1 run turns NaN after 40 evaluations; then the summary."""
-    from memgen.experiments import time_scale as TS
-
     ts = config_block("time_scale", flow__max_steps=2000)
     assert ts["alphas"] == [0.1, 1.0, 100.0]
     d = tmp_path_factory.mktemp("sweep")
     ds, init = d / "dataset.h5", d / "init.h5"
     ntk0 = d / "ntk_init.h5"
-    assert run_step("dataset", {}, ds, TS.dataset_params(ts)) == 0
-    assert run_step("init", {"dataset": ds}, init, TS.init_params(ts, H, SEED)) == 0
-    assert run_step("ntk", {"dataset": ds, "init": init}, ntk0, TS.ntk_params(ts, H, SEED)) == 0
+    pt = {"h": H, "seed": SEED}
+    assert run_step("ts_dataset", {}, ds, step_params("ts_dataset", ts)) == 0
+    assert run_step("ts_init", {"dataset": ds}, init, step_params("ts_init", ts, **pt)) == 0
+    assert run_step("ts_ntk_init", {"dataset": ds, "init": init}, ntk0, step_params("ts_ntk_init", ts, **pt)) == 0
     derivative, calls = Loss.derivative, {"n": 0, "poison": False}
 
     def poisoned(self, z):
@@ -131,19 +129,19 @@ def sweep(tmp_path_factory):
         for alpha in ts["alphas"]:
             run, final = d / f"run_{alpha:g}.h5", d / f"ntk_final_{alpha:g}.h5"
             calls["poison"] = alpha == POISONED
-            assert run_step("train", {"dataset": ds, "init": init}, run, TS.train_params(ts, alpha, H, SEED)) == 0
+            assert run_step("ts_train", {"dataset": ds, "init": init}, run,
+                            step_params("ts_train", ts, alpha=alpha, **pt)) == 0
             calls["poison"] = False
-            assert run_step("ntk", {"dataset": ds, "init": init, "run": run}, final,
-                            TS.ntk_params(ts, H, SEED, alpha)) == 0
+            assert run_step("ts_ntk_final", {"dataset": ds, "init": init, "run": run}, final,
+                            step_params("ts_ntk_final", ts, alpha=alpha, **pt)) == 0
             runs.append(run)
             finals.append(final)
     finally:
         mp.undo()
     assert calls["n"] > 40  # the poison did act
     tables = {"table": d / "time_scale.csv", "curves": d / "time_scale_curves.csv"}
-    main(["summary", "time_scale", "--input", "runs", *map(str, runs), "--input", "ntk_init",
-          *[str(ntk0)] * len(runs), "--input", "ntk_final", *map(str, finals),
-          "--output", f"table={tables['table']}", "--output", f"curves={tables['curves']}"])
+    assert run_step("ts_summary", {"runs": runs, "ntk_init": [ntk0] * len(runs), "ntk_final": finals, "frozen": []},
+                    tables, {}) == 0
     return {"ts": ts, "runs": runs, "tables": tables, "dir": d}
 
 
@@ -181,12 +179,12 @@ def test_test_error_figure_marks_the_diverged_run(sweep):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from memgen.families.time_scale import figures as fig_ts
     from memgen.figures import read_csv
-    from memgen.figures import time_scale as fig_ts
 
-    table = read_csv(sweep["tables"], "table", fig_ts.NEEDS["test_error"]["table"], "test_error")
+    table = read_csv(sweep["tables"], "table", fig_ts.test_error.needs["table"], "test_error")
     bad_x = float(table.loc[table["diverged"], "sqrt_h_alpha"].iloc[0])
-    fig = fig_ts._test_error(table, {})
+    fig = fig_ts.test_error(table, {})
     try:
         ax = fig.axes[0]
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -207,34 +205,35 @@ def test_test_error_figure_marks_the_diverged_run(sweep):
 def test_kernels_gd_blowup_is_flagged_in_the_summary(tmp_path):
     """A step size of 1e30 (schema-valid) makes GD of the trained network / of the
     linearized-vs-real comparison overflow: the runs end, flagged, and the rest is normal."""
-    from memgen.experiments import kernels as KN
+    from memgen.families.kernels.params import METHODS
     from memgen.figures import draw
 
     small = {"accuracy__n_train": [8], "accuracy__steps": 50, "linearized__widths": [32], "linearized__steps": 50}
     blocks = {"ok": config_block("kernels", **small),
               "bad": config_block("kernels", accuracy__lr=1e30, linearized__lr=1e30, **small)}
     ds = tmp_path / "digits.h5"
-    steps.STEPS["dataset"][0]({}, ds, KN.dataset_params(blocks["ok"], "digits"))
+    assert run_step("kn_dataset", {}, ds, step_params("kn_dataset", blocks["ok"], ds="digits")) == 0
     files = {"accuracy": [], "linearized": []}
     for name, kb in blocks.items():
-        assert KN.dataset_params(kb, "digits") == KN.dataset_params(blocks["ok"], "digits")
+        assert step_params("kn_dataset", kb, ds="digits") == step_params("kn_dataset", blocks["ok"], ds="digits")
         files["accuracy"].append(tmp_path / f"acc_{name}.h5")
-        steps.STEPS["kernel_accuracy"][0]({"dataset": ds}, files["accuracy"][-1],
-                                          KN.accuracy_params(kb, "digits", 8, 0))
+        assert run_step("kn_accuracy", {"dataset": ds}, files["accuracy"][-1],
+                        step_params("kn_accuracy", kb, ds="digits", n=8, seed=0)) == 0
         files["linearized"].append(tmp_path / f"lin_{name}.h5")
-        steps.STEPS["linearized_training"][0]({"dataset": ds}, files["linearized"][-1], KN.linearized_params(kb, 32))
+        assert run_step("kn_linearized", {"dataset": ds}, files["linearized"][-1],
+                        step_params("kn_linearized", kb, h=32)) == 0
     assert [bool(h5io.attrs_of(p)["diverged"]) for p in files["accuracy"] + files["linearized"]] == [
         False, True, False, True]
     out = {k: tmp_path / f"kernels_{k}.csv" for k in ("accuracy", "convergence", "linearized")}
-    KN.summarize(files, out)
+    assert run_step("kn_summary", {**files, "convergence": []}, out, {}) == 0
     acc = pd.read_csv(out["accuracy"])
-    assert len(acc) == 2 * len(KN.METHODS)
-    ok, bad = acc.iloc[: len(KN.METHODS)], acc.iloc[len(KN.METHODS):]
+    assert len(acc) == 2 * len(METHODS)
+    ok, bad = acc.iloc[: len(METHODS)], acc.iloc[len(METHODS):]
     assert not ok["diverged"].any() and ok["accuracy"].between(0.5, 1).all()
-    assert bad["diverged"].tolist() == [m == "trained" for m in KN.METHODS]
+    assert bad["diverged"].tolist() == [m == "trained" for m in METHODS]
     assert bad.loc[bad["diverged"], "accuracy"].isna().all()
     # the kernel predictors do not train: the same accuracies with either step size
-    kernel_rows = [i for i, m in enumerate(KN.METHODS) if m != "trained"]
+    kernel_rows = [i for i, m in enumerate(METHODS) if m != "trained"]
     assert bad["accuracy"].iloc[kernel_rows].tolist() == ok["accuracy"].iloc[kernel_rows].tolist()
     lin = pd.read_csv(out["linearized"])
     assert lin.groupby("lr")["diverged"].agg(["all", "any"]).to_dict("index") == {
@@ -248,22 +247,26 @@ def test_double_descent_two_layer_blowup_is_flagged_in_the_summary(tmp_path):
     """Two-layer GD with lr = 5 overflows within 200 steps: the step records the run as
     diverged (NaN Jacobian spectrum after training; it used to crash in the SVD) and the
     two_layer / jacobian tables carry the flag."""
-    from memgen.experiments import double_descent as DD
-
     short = {"two_layer__steps": 200, "two_layer__n_logged": 20}
     dds = {"small": config_block("double_descent", **short),
            "large": config_block("double_descent", two_layer__lr=5.0, **short)}
     runs, theories = [], []
     for init, dd in dds.items():
         runs.append(tmp_path / f"two_layer_{init}.h5")
-        steps.STEPS["dd_two_layer"][0]({}, runs[-1], DD.two_layer_params(dd, init))
+        assert run_step("dd_two_layer", {}, runs[-1], step_params("dd_two_layer", dd, init=init)) == 0
         theories.append(tmp_path / f"theory_{init}.h5")
-        steps.STEPS["dd_theory_two_layer"][0]({"run": runs[-1]}, theories[-1], DD.theory_two_layer_params(dd, init))
+        assert run_step("dd_theory_two_layer", {"run": runs[-1]}, theories[-1],
+                        step_params("dd_theory_two_layer", dd, init=init)) == 0
     r = h5io.read(runs[1], {"risk": ("K",), "jac_sv_init": ("J",), "jac_sv_final": ("J",)})
     assert bool(r.attrs["diverged"]) and not np.isfinite(r["risk"][-1])
     assert np.isfinite(r["jac_sv_init"]).all() and np.isnan(r["jac_sv_final"]).all()
     assert not bool(h5io.attrs_of(runs[0])["diverged"])
-    two_layer, jac = DD._two_layer(runs, theories)
+    from memgen.declare import Job
+    from memgen.families import step
+    from memgen.families.double_descent.summary import _two_layer
+
+    job = Job(step("dd_summary"), {"two_layer": runs, "theory_two_layer": theories}, {}, {})
+    two_layer, jac = _two_layer(job)
     assert two_layer.groupby("init")["diverged"].agg(["all", "any"]).to_dict("index") == {
         "large": {"all": True, "any": True}, "small": {"all": False, "any": False}}
     assert np.isfinite(two_layer.loc[two_layer["init"] == "small", "risk"]).all()

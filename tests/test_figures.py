@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from memgen import MemgenError
-from memgen.experiments.time_scale import FIGURES
-from memgen.figures import draw
+from memgen.figures import draw, specs
+
+FIGURES = list(specs("time_scale"))
 
 ALPHAS = [1e-3, 1e-1, 1e1, 1e3]
 WIDTHS = [16, 64]
@@ -17,7 +18,7 @@ OPTIONS = {"h": None, "seed": 0, "formats": ["pdf", "png"]}
 
 
 def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A table shaped like ``time_scale.summarize``'s, with one run that never fit
+    """A table shaped like the time-scale summary's, with one run that never fit
     (NaN times) and one that diverged."""
     rng = np.random.default_rng(0)
     rows, curves = [], []
@@ -86,5 +87,5 @@ def test_missing_column_is_named(inputs, tmp_path):
 def test_unknown_name_and_family(inputs, tmp_path):
     with pytest.raises(MemgenError, match="unknown time_scale figure"):
         draw("time_scale", "nope", inputs, [tmp_path / "f.pdf"], OPTIONS)
-    with pytest.raises(MemgenError, match="unknown family"):
+    with pytest.raises(MemgenError, match="unknown experiment family"):
         draw("nope", "loss_vs_time", inputs, [tmp_path / "f.pdf"], OPTIONS)

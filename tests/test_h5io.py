@@ -101,36 +101,3 @@ def test_read_errors(tmp_path, case, shapes, kw, match):
 def test_optional_dataset_may_be_absent(tmp_path):
     data = h5io.read(_write(tmp_path / "f.h5"), {"x": None, "extra": (2,)}, optional=("extra",))
     assert "extra" not in data.arrays and data["x"].shape == (4, 3)
-
-
-def test_code_hash(tmp_path, monkeypatch):
-    hashes = {s: provenance.code_hash(s) for s in provenance.STEP_MODULES}
-    assert hashes["train"] != hashes["dataset"] != hashes["ntk"]
-    module_sets = {s: frozenset(m) for s, m in provenance.STEP_MODULES.items()}
-    for a in hashes:  # equal hashes exactly for equal module lists
-        for b in hashes:
-            assert (hashes[a] == hashes[b]) == (module_sets[a] == module_sets[b]), (a, b)
-    provenance.code_hash.cache_clear()
-    assert {s: provenance.code_hash(s) for s in hashes} == hashes  # stable when recomputed
-    with pytest.raises(KeyError):
-        provenance.code_hash("nope")
-    # an edit to dynamics.py changes the hash of the steps that run it, and only those
-    fake = tmp_path / "pkg"
-    fake.mkdir()
-    for entry in {e for mods in provenance.STEP_MODULES.values() for e in mods} | set(provenance.COMMON):
-        src = provenance.PACKAGE_DIR / entry
-        if src.is_file():
-            (fake / entry).parent.mkdir(parents=True, exist_ok=True)
-            (fake / entry).write_bytes(src.read_bytes())
-    monkeypatch.setattr(provenance, "PACKAGE_DIR", fake)
-    try:
-        provenance.code_hash.cache_clear()
-        before = {s: provenance.code_hash(s) for s in ("train", "kernel_train", "dataset", "ntk")}
-        assert before["train"] == hashes["train"]
-        (fake / "dynamics.py").write_text((fake / "dynamics.py").read_text() + "\n# edit\n")
-        provenance.code_hash.cache_clear()
-        after = {s: provenance.code_hash(s) for s in before}
-    finally:
-        provenance.code_hash.cache_clear()
-    assert after["train"] != before["train"] and after["kernel_train"] != before["kernel_train"]
-    assert after["dataset"] == before["dataset"] and after["ntk"] == before["ntk"]

@@ -240,20 +240,22 @@ def test_cli_step_logs_progress_with_rate_and_eta(tmp_path):
 
 
 def test_in_process_step_logs_gram_and_gd_progress(tmp_path, monkeypatch, capsys, one_torch_thread):
-    from memgen.steps import core, kernels
+    from memgen.declare import Job
+    from memgen.families import step
 
     monkeypatch.setenv(ENV_EVERY, "0")
     ds = {"name": "digits", "n_train": 12, "n_test": 6, "classes": [3, 8], "seed": 0}
-    core.dataset({}, tmp_path / "digits.h5", ds)
+    dataset, lin = step("kn_dataset"), step("kn_linearized")
+    dataset.function()(Job(dataset, {}, tmp_path / "digits.h5", ds))
     params = {"dataset": ds, "n_train": 12, "seed": 0, "dtype": "float64", "lr": 1.0, "steps": 30, "checkpoints": 4,
               "model": {"d": 64, "h": 16, "L": 1, "activation": "relu", "beta": 5.0, "normalize": False,
                         "bias": False, "last_layer": "ntk"}}
     capsys.readouterr()
-    kernels.linearized_training({"dataset": tmp_path / "digits.h5"}, tmp_path / "quiet.h5", params)
+    inputs = {"dataset": tmp_path / "digits.h5"}
+    lin.function()(Job(lin, inputs, tmp_path / "quiet.h5", params))
     assert capsys.readouterr().err == ""  # called directly, without a label: silent
     # the label the CLI gives it (``STEP OUTPUT-STEM``)
-    kernels.linearized_training({"dataset": tmp_path / "digits.h5"}, tmp_path / "lin.h5", params,
-                                progress="linearized_training lin")
+    lin.function()(Job(lin, inputs, tmp_path / "lin.h5", params, progress="linearized_training lin"))
     err = capsys.readouterr().err.splitlines()
     gram = [line for line in err if line.startswith("[linearized_training lin ntk]")]
     gd = [line for line in err if line.startswith("[linearized_training lin]")]

@@ -1,6 +1,8 @@
-"""Captions of the HTML report (memgen.report): one per figure of every family, valid
-reStructuredText that renders the caption and the config block that produced it."""
+"""Captions of the HTML report (memgen.report): one per figure of every family (the
+figure function's docstring), valid reStructuredText that renders the caption and the
+config block that produced it."""
 
+import ast
 import importlib
 
 import pytest
@@ -8,16 +10,29 @@ import yaml
 from docutils.core import publish_parts
 
 from memgen import config
-from memgen.figures import FAMILIES
-from memgen.report import CAPTIONS, TITLES, config_source, report_info
+from memgen.families import registry
+from memgen.figures import specs
+from memgen.report import captions, config_source, report_info, titles
 
 from test_config import CONFIG_DIR
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_figure_has_a_caption(family):
-    module = importlib.import_module(f"memgen.experiments.{family}")
-    assert tuple(CAPTIONS[family]) == tuple(module.FIGURES) and TITLES[family]
+@pytest.mark.parametrize("family", sorted(registry()))
+def test_every_figure_function_has_a_caption_and_is_found_from_source(family):
+    fam = registry()[family]
+    module = importlib.import_module(fam.figure_module)
+    decorated = [n for n, f in vars(module).items() if callable(f) and hasattr(f, "needs")]
+    assert sorted(specs(fam)) == sorted(decorated) and len(decorated) >= 3
+    for name, spec in specs(fam).items():
+        fn = getattr(module, name)
+        assert spec.caption == " ".join(fn.__doc__.split()) == captions(family)[name]
+        assert spec.tables == tuple(fn.needs)
+        assert set(spec.tables) <= set(fam.summary.outputs)  # it reads the family's summary tables
+    assert titles()[family] == fam.title
+    ast.parse(open(module.__file__).read())
+
+
+CAPTIONS = {f: captions(f) for f in registry()}
 
 
 def test_captions_render_with_the_config_block():

@@ -103,10 +103,9 @@ def _run_step(args) -> None:
 
 
 def _figure(args) -> None:
-    from memgen.families import family
     from memgen.figures import draw
 
-    draw(family(args.family), args.name, _pairs(args.input, "--input"), args.output, json.loads(args.options or "{}"))
+    draw(args.family, args.name, _pairs(args.input, "--input"), args.output, json.loads(args.options or "{}"))
 
 
 def _validate(args) -> None:

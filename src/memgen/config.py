@@ -138,8 +138,6 @@ def semantic_problems(config: dict[str, Any]) -> list[str]:
     fams = registry()
     out = [f"families: unknown family {f!r}; known: {', '.join(fams)}" for f in config.get("families", [])
            if f not in fams]
-    out += [f"families: {f!r} has no config block {f!r}" for f in config.get("families", [])
-            if f in fams and f not in config]
     for name, fam in fams.items():
         if isinstance(config.get(name), dict):
             out += [f"{name}.{problem}" for problem in fam.check(config[name])]

@@ -159,7 +159,24 @@ def _top_level(tree: ast.Module) -> dict[str, ast.stmt]:
 
 
 def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    """Names a definition refers to that it does not bind itself (arguments, assignments
+    and imports inside a function are its own: ``from memgen import linear`` inside a
+    function shadows a top-level ``linear``)."""
+    used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        return used
+    bound = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, (ast.Store, ast.Del)):
+            bound.add(sub.id)
+        elif isinstance(sub, ast.arg):
+            bound.add(sub.arg)
+        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in sub.names)
+        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and sub is not node:
+            bound.add(sub.name)
+    globals_ = {n for sub in ast.walk(node) if isinstance(sub, ast.Global) for n in sub.names}
+    return used - (bound - globals_)
 
 
 @lru_cache(maxsize=None)

@@ -52,10 +52,20 @@ def _is_figure(decorator: ast.expr) -> bool:
     return named == "figure"
 
 
+def _declared(family):
+    if isinstance(family, str):
+        from memgen.families import family as by_name
+
+        return by_name(family)
+    return family
+
+
 def specs(family) -> dict[str, Spec]:
-    """The figures of a :class:`memgen.declare.Family`, in source order."""
+    """The figures of a family (a :class:`memgen.declare.Family` or its name), in source
+    order."""
     from memgen.provenance import _tree, module_file
 
+    family = _declared(family)
     path = module_file(family.figure_module)
     if path is None:
         raise MemgenError(f"family {family.name}: no figure module {family.figure_module}")
@@ -91,10 +101,11 @@ def read_csv(inputs: dict[str, Path], key: str, columns: list[str], name: str):
 
 
 def draw(family, name: str, inputs: dict[str, Path], outputs: list[str], options: dict) -> None:
-    """Draw figure ``name`` of ``family`` (a :class:`memgen.declare.Family`) from the CSVs
-    in ``inputs`` into every path in ``outputs`` (format from the suffix)."""
+    """Draw figure ``name`` of ``family`` (a :class:`memgen.declare.Family` or its name)
+    from the CSVs in ``inputs`` into every path in ``outputs`` (format from the suffix)."""
     from memgen.figures import style
 
+    family = _declared(family)
     known = specs(family)
     if name not in known:
         raise MemgenError(f"figure: unknown {family.name} figure '{name}'; known: {', '.join(known)}")
