@@ -9,6 +9,10 @@ seed 004), experiment and theory on the same axes.
 from memgen.declare import Cost, Each, Family, Step
 from memgen.families.double_descent import params as P
 
+# memgen.provenance: declarations are not in code hashes; what they change (paths, params)
+# reaches the rules directly, and Job.write checks the datasets they name
+OUTPUT_NEUTRAL = True
+
 K, T2 = ("K",), ("K", 2)
 
 LINEAR = Step("dd_linear", "steps:linear", "data/runs/double_descent/linear_{schedule}.h5", P.linear,

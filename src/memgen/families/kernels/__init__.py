@@ -10,6 +10,10 @@ from memgen.declare import At, Cost, Each, Family, Step
 from memgen.families.kernels import params as P
 from memgen.families.shared import DATASET_WRITES
 
+# memgen.provenance: declarations are not in code hashes; what they change (paths, params)
+# reaches the rules directly, and Job.write checks the datasets they name
+OUTPUT_NEUTRAL = True
+
 DATASET = Step("kn_dataset", "memgen.families.shared:dataset", "data/datasets/kernels_{ds}.h5", P.dataset,
                writes=DATASET_WRITES)
 DIGITS = At(DATASET, ds="digits")
