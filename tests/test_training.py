@@ -42,7 +42,7 @@ def test_frozen_kernel_mse_matches_closed_form(alpha, normalization):
 
 def _tiny(alpha, loss=Loss(), max_dgrad=1e-3, normalization="article", **kw):
     ds = sparse_parity(12, 8, 2, 5, seed=0)
-    model = FC(5, 16, 1, seed=0)
+    model = FC(5, 16, 1, normalize=True, seed=0)
     cfg = FlowConfig(alpha=alpha, loss=loss, max_dgrad=max_dgrad, normalization=normalization, **kw)
     return NetworkProblem(model.flat(), model.flat_parameters(), ds.x_train, ds.y_train, ds.x_test, cfg), cfg, ds, model
 
