@@ -11,25 +11,29 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 
-from memgen import MemgenError, data, kernels
+from memgen import MemgenError, data
 from memgen.dynamics import linearized_predictions, linearized_weights
 from memgen.kernels import (
-    SYMMETRIC_LEAF,
     analytic_kernels,
     empirical_ntk,
-    generic_ntk,
-    gram_entries,
+    empirical_ntk_blocks,
     kernel_regression,
     model_vjp,
     nngp_predictor,
-    ntk_gram_blocks,
-    sequential_chain,
-    sequential_ntk,
-    symmetric_tiles,
 )
+from memgen.kernels import gemm
+from memgen.kernels.generic import generic_gram_blocks
+from memgen.kernels.gram import SYMMETRIC_LEAF, gram_entries, symmetric_tiles
+from memgen.kernels.structured import sequential_chain
 from memgen.models import FC
 
 DT = torch.float64
+
+
+def generic_ntk(model, x1, x2=None, block=256, **kw):
+    """The generic path with a given block size."""
+    return generic_gram_blocks(model, [x1] if x2 is None else [x1, x2], [(0, 0)] if x2 is None else [(0, 1)],
+                               block=block, **kw)[0]
 
 
 def jacobian_loop(model, x):
@@ -81,7 +85,7 @@ def test_structured_sequential_matches_loop(name):
     x1, x2 = torch.randn(9, 5, generator=g, dtype=DT), torch.randn(4, 5, generator=g, dtype=DT)
     K11 = empirical_ntk(model, x1)
     close(K11, loop_ntk(model, x1, x1))
-    close(sequential_ntk(model, x2, x1), loop_ntk(model, x2, x1))
+    close(empirical_ntk(model, x2, x1, path="structured"), loop_ntk(model, x2, x1))
     close(generic_ntk(model, x2, x1), loop_ntk(model, x2, x1))
     psd_and_symmetric(K11)
 
@@ -98,7 +102,7 @@ def test_structured_fc_matches_loop_and_small_budget(bias, last_layer):
     # a tiny memory budget forces row blocks of 1-2 rows (and the mirrored triangle)
     close(empirical_ntk(model, x1, memory_budget=500), ref11)
     close(empirical_ntk(model, x2, x1, memory_budget=500), ref21)
-    Ktt, Kst, Kss = ntk_gram_blocks(model, x1, x2)
+    Ktt, Kst, Kss = empirical_ntk_blocks(model, x1, x2)
     close(Ktt, ref11), close(Kst, ref21), close(Kss, loop_ntk(model, x2, x2))
     psd_and_symmetric(Ktt)
 
@@ -146,14 +150,14 @@ def test_float32_gram_on_both_gemm_backends(onednn, budget, monkeypatch):
     """float32 on CPU: with oneDNN's products (forward, backward, the large triangle tiles
     one by one, the test/train block) or torch.mm's, the Gram of float64 up to float32
     rounding, exactly symmetric."""
-    if onednn and kernels.ONEDNN_LINEAR is None:
+    if onednn and gemm.ONEDNN_LINEAR is None:
         pytest.skip("this torch has no oneDNN")
     calls = []
     if onednn:
-        op = kernels.ONEDNN_LINEAR
-        monkeypatch.setattr(kernels, "ONEDNN_LINEAR", lambda *args: calls.append(args[0].shape) or op(*args))
+        op = gemm.ONEDNN_LINEAR
+        monkeypatch.setattr(gemm, "ONEDNN_LINEAR", lambda *args: calls.append(args[0].shape) or op(*args))
     else:
-        monkeypatch.setattr(kernels, "ONEDNN_LINEAR", None)
+        monkeypatch.setattr(gemm, "ONEDNN_LINEAR", None)
     m32 = FC(3, 40, 2, activation="relu", bias=True, last_layer="ntk", seed=2, dtype=torch.float32)
     m64 = FC(3, 40, 2, activation="relu", bias=True, last_layer="ntk", dtype=DT).load_flat(m32.flat_parameters().double())
     x = torch.randn(4 * SYMMETRIC_LEAF + 37, 3, generator=torch.Generator().manual_seed(3))
@@ -167,7 +171,7 @@ def test_float32_gram_on_both_gemm_backends(onednn, budget, monkeypatch):
     close(K21.double(), ref[:50], rtol=1e-5)
     assert torch.equal(K, K.t())
     if onednn:  # the forward and backward passes (293 rows) and, unless cut into row panels, the 146-row tiles
-        assert {293} | ({146} if budget is None else set()) <= set(rows) and 146 >= kernels.ONEDNN_MIN_ROWS
+        assert {293} | ({146} if budget is None else set()) <= set(rows) and 146 >= gemm.ONEDNN_MIN_ROWS
 
 
 def small_cnn():
@@ -186,7 +190,7 @@ def test_generic_cnn_matches_loop_blocks_and_budget():
     close(generic_ntk(model, x2, x1, block=2), ref21)
     P = sum(p.numel() for p in model.parameters())
     close(generic_ntk(model, x1, memory_budget=4 * 8 * P), ref11)  # one example per block, no cache
-    Ktt, Kst, Kss = ntk_gram_blocks(model, x1, x2)
+    Ktt, Kst, Kss = empirical_ntk_blocks(model, x1, x2)
     close(Ktt, ref11), close(Kst, ref21), close(Kss, loop_ntk(model, x2, x2))
     psd_and_symmetric(Ktt)
     with pytest.raises(MemgenError, match="structured"):

@@ -208,13 +208,33 @@ class FC(nn.Module):
                  normalize: bool = False, bias: bool = False, last_layer: str = "mean_field",
                  seed: int | None = None, dtype: torch.dtype = torch.float64):
         super().__init__()
-        self.spec = FCSpec(d, h, L, activation, float(beta), normalize, bias, last_layer)
+        self._set_spec(FCSpec(d, h, L, activation, float(beta), normalize, bias, last_layer))
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         for name, shape in self.spec.shapes():
             init = torch.randn(shape, generator=gen, dtype=dtype) if name[0] == "W" else torch.zeros(shape, dtype=dtype)
             self.register_parameter(name, nn.Parameter(init))
-        self._act = self.spec.act
-        self._scales = self.spec.scales()
+
+    def _set_spec(self, spec: FCSpec) -> None:
+        self.spec = spec
+        self._act = spec.act
+        self._scales = spec.scales()
+
+    @classmethod
+    def from_flat(cls, spec: FCSpec, w: torch.Tensor) -> "FC":
+        """The FC of ``spec`` whose parameters are views into the flat vector ``w`` (P,)
+        (the order of :meth:`flat_parameters` and :class:`FlatFC`): no copy and no random
+        draw, so it costs nothing next to the network's use; writing to the parameters
+        writes into ``w``. Its dtype and device are w's."""
+        flat = FlatFC(spec)
+        if w.dim() != 1 or w.numel() != flat.numel:
+            raise MemgenError(f"FC.from_flat: w has shape {tuple(w.shape)}, the network {spec} needs ({flat.numel},)")
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net._set_spec(spec)
+        w = w.detach()
+        for name, part, shape in flat.slices:
+            net.register_parameter(name, nn.Parameter(w[part].view(shape)))
+        return net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) of shape (n,) for x of shape (n, d)."""

@@ -110,7 +110,7 @@ def ntk(inputs: dict, output: Path, params: dict, device: str = "cpu", progress:
     if params.get("run") is not None:
         r = h5io.read(inputs["run"], {"w_final": (model.numel,)}, step="train", expect_params=params["run"])
         w = torch.from_numpy(r["w_final"]).to(dev, dtype)
-    blocks = kernels.ntk_blocks(model, w, ds.x_train, ds.x_test, progress=progress)
+    blocks = kernels.empirical_ntk_blocks(FC.from_flat(model.spec, w), ds.x_train, ds.x_test, progress=progress)
     h5io.write(output, dict(zip(KERNEL_SHAPES, blocks)), step="ntk", params=params,
                seed=init_params["seed"], code_sha256=code_hash("ntk"))
 

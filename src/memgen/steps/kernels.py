@@ -113,7 +113,7 @@ def linearized_training(inputs: dict, output: Path, params: dict, device: str = 
     flat, w0 = net.flat(), net.flat_parameters()
     lr, steps = params["lr"], params["steps"]
     record = np.unique(np.round(np.concatenate([[0], np.geomspace(1, steps, params["checkpoints"])]))).astype(int)
-    Ktt, Kst, _ = kernels.ntk_blocks(flat, w0, x, xt, progress=sublabel(progress, "ntk"))
+    Ktt, Kst, _ = kernels.empirical_ntk_blocks(net, x, xt, progress=sublabel(progress, "ntk"))
     with torch.no_grad():
         f0, f0t = flat.forward(w0, x, keep=False)[0], flat.forward(w0, xt, keep=False)[0]
     t = torch.as_tensor(record, dtype=dtype)
