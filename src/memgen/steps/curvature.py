@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from memgen import MemgenError, h5io
-from memgen.progress import Progress, sublabel
+from memgen import MemgenError, data, h5io
+from memgen import curvature as cv
+from memgen.progress import sublabel
 from memgen.provenance import code_hash
-# Inverse Hessian-vector products and influence functions (Koh & Liang 2017; seed 003).
-# Library: memgen.curvature. Params are built by memgen.experiments.curvature.
 
-def _cv_bce(out, y):
-    """Mean logistic loss of logits ``out`` (n, 1) against labels y in {0, 1}."""
-    return torch.nn.functional.binary_cross_entropy_with_logits(out.squeeze(-1), y)
+# Inverse Hessian-vector products and influence functions (Koh & Liang 2017; seed 003).
+# Library: memgen.curvature (its studies module holds the family's experiments). Params
+# are built by memgen.experiments.curvature.
 
 
 def _cv_model(spec: dict, d: int) -> torch.nn.Module:
-    """``logreg``: Linear(d, 1); ``mlp``: Linear(d, hidden) - tanh - Linear(hidden, 1);
-    PyTorch's default init under ``torch.manual_seed(spec["seed"])``, float64."""
-    torch.manual_seed(int(spec["seed"]))
-    if spec["kind"] == "logreg":
-        net = torch.nn.Linear(d, 1)
-    elif spec["kind"] == "mlp":
-        net = torch.nn.Sequential(torch.nn.Linear(d, spec["hidden"]), torch.nn.Tanh(), torch.nn.Linear(spec["hidden"], 1))
-    else:
-        raise MemgenError(f"curvature model kind: unknown '{spec['kind']}' (logreg, mlp)")
-    return net.double()
+    return cv.classifier(spec["kind"], d, spec.get("hidden"), spec["seed"])
 
 
 def curvature_toy(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
@@ -37,77 +28,35 @@ def curvature_toy(inputs: dict, output: Path, params: dict, device: str = "cpu",
     iterate paths for every scale (damping 0) and every damping (at ``damping_scale``).
     A scale the guard rejects is recorded as diverged (its message in the attribute
     ``messages``) with the unguarded iterates until they leave |x| <= ``bound``."""
-    import json
-
-    from memgen import curvature as cv
-
-    D = torch.float64
-    x0, y0 = float(params["x"]), float(params["y"])
-    w, v = torch.tensor(params["w"], dtype=D), torch.tensor(params["v"], dtype=D)
-    hvp_fn = lambda u: cv.hvp(lambda ww: (y0 - ww[0] * ww[1] * x0) ** 2, w, u)  # noqa: E731
+    w, v = torch.tensor(params["w"], dtype=torch.float64), torch.tensor(params["v"], dtype=torch.float64)
+    hvp_fn = cv.toy_hvp(float(params["x"]), float(params["y"]), w)
     H = cv.hessian_matrix(hvp_fn, v)
     dampings, scales, depth = params["dampings"], params["scales"], int(params["depth"])
     opts = {"exact": {}, "cg": {"tol": params["cg_tol"]}, "lissa": {"depth": int(params["lissa_depth"])}}
-    sol = np.full((len(dampings), 3, len(v)), np.nan)
-    hvps, resid = np.zeros((len(dampings), 3)), np.full((len(dampings), 3), np.nan)
-    exact = np.stack([np.linalg.solve(H.numpy() + d * np.eye(len(v)), v.numpy()) for d in dampings])
-    for i, d in enumerate(dampings):
-        for j, method in enumerate(opts):
-            x, info = cv.inverse_hvp(hvp_fn, v, method=method, damping=float(d), **opts[method])
-            sol[i, j], hvps[i, j] = x.numpy(), info["hvps"]
-            A = H + float(d) * torch.eye(len(v), dtype=D)
-            resid[i, j] = float((A @ x - v).norm() / v.norm())
-
-    def study(runs):
-        paths = np.full((len(runs), depth, len(v)), np.nan)
-        diverged, steps, messages, used_scale = np.zeros(len(runs), bool), np.zeros(len(runs), int), [], []
-        for k, (s, d) in enumerate(runs):
-            try:
-                _, info = cv.inverse_hvp(hvp_fn, v, method="lissa", scale=float(s), damping=float(d), depth=depth,
-                                         record="iterate")
-                path, msg = info["path"][0].numpy(), ""
-            except cv.LissaDiverged as exc:  # recorded, drawn until it leaves the window; never a crash
-                path = cv.lissa_unguarded_path(hvp_fn, v, float(s), float(d), depth, params["bound"]).numpy()
-                diverged[k], msg = True, str(exc)
-            paths[k, :len(path)], steps[k] = path, len(path)
-            messages.append(msg)
-            used_scale.append(float(s))
-        return paths, diverged, steps, messages
-
-    sp, sd, ss, sm = study([(s, 0.0) for s in scales])
-    dp, dd, ds, dm = study([(params["damping_scale"], d) for d in dampings])
+    sol = cv.compare_solvers(hvp_fn, v, H, dampings, opts)
+    sc = cv.lissa_paths(hvp_fn, v, [(s, 0.0) for s in scales], depth, params["bound"])
+    dp = cv.lissa_paths(hvp_fn, v, [(params["damping_scale"], d) for d in dampings], depth, params["bound"])
     lam = np.linalg.eigvalsh(H.numpy())
     arrays = {"H": H, "eigenvalues": lam, "v": v, "w": w, "dampings": np.asarray(dampings, float),
-              "solutions/x": sol, "solutions/hvps": hvps, "solutions/residual": resid, "solutions/exact": exact,
-              "scale_study/scale": np.asarray(scales, float), "scale_study/path": sp, "scale_study/diverged": sd,
-              "scale_study/steps": ss, "damping_study/path": dp, "damping_study/diverged": dd,
-              "damping_study/steps": ds}
+              "solutions/x": sol.x, "solutions/hvps": sol.hvps, "solutions/residual": sol.residual,
+              "solutions/exact": sol.exact, "scale_study/scale": np.asarray(scales, float),
+              "scale_study/path": sc.path, "scale_study/diverged": sc.diverged, "scale_study/steps": sc.steps,
+              "damping_study/path": dp.path, "damping_study/diverged": dp.diverged, "damping_study/steps": dp.steps}
     h5io.write(output, arrays, step="curvature_toy", params=params, code_sha256=code_hash("curvature_toy"),
-               attrs={"methods": json.dumps(list(opts)), "scale_messages": json.dumps(sm),
-                      "damping_messages": json.dumps(dm), "lambda_max": float(lam[-1])})
+               attrs={"methods": json.dumps(list(opts)), "scale_messages": json.dumps(sc.messages),
+                      "damping_messages": json.dumps(dp.messages), "lambda_max": float(lam[-1])})
 
 
 def curvature_digits(inputs: dict, output: Path, params: dict, device: str = "cpu", **_) -> None:
     """scikit-learn's 8x8 digits, two classes (``classes[0]`` -> label 0, ``classes[1]`` -> 1),
     pixels / 16 in [0, 1]; a seeded permutation gives ``n_train`` training and ``n_test``
-    test points (0 = all the rest). ``index_*``: rows of sklearn's data set."""
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    c0, c1 = (int(c) for c in params["classes"])
-    rows = np.flatnonzero(np.isin(raw.target, (c0, c1)))
-    perm = np.random.default_rng(params["seed"]).permutation(rows)
-    n_tr = int(params["n_train"])
-    n_te = len(rows) - n_tr if params["n_test"] == 0 else int(params["n_test"])
-    if n_tr < 1 or n_te < 1 or n_tr + n_te > len(rows):
-        raise MemgenError(f"curvature digits: n_train={n_tr} + n_test={params['n_test']} exceeds the {len(rows)} "
-                          f"images of classes {c0}, {c1}")
-    tr, te = perm[:n_tr], perm[n_tr:n_tr + n_te]
-    pick = lambda idx: (raw.data[idx] / 16.0, (raw.target[idx] == c1).astype(np.float64))  # noqa: E731
-    (xtr, ytr), (xte, yte) = pick(tr), pick(te)
-    h5io.write(output, {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "index_train": tr,
-                        "index_test": te}, step="curvature_digits", params=params, seed=params["seed"],
-               code_sha256=code_hash("curvature_digits"))
+    test points (0 = all the rest) (memgen.data.digits). ``index_*``: rows of sklearn's
+    data set."""
+    ds = data.digits(int(params["n_train"]), int(params["n_test"]), params["classes"], params["seed"],
+                     labels="binary", normalize=False)
+    h5io.write(output, {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test,
+                        "index_train": ds.meta["index_train"], "index_test": ds.meta["index_test"]},
+               step="curvature_digits", params=params, seed=params["seed"], code_sha256=code_hash("curvature_digits"))
 
 
 CV_DIGITS_SHAPES = {"x_train": ("n_train", "d"), "y_train": ("n_train",), "x_test": ("n_test", "d"),
@@ -122,8 +71,6 @@ def _cv_load(inputs: dict, train_params: dict, with_model: bool = True):
     if not with_model:
         return data, None
     model = _cv_model(train_params["model"], data[0].shape[1])
-    from memgen import curvature as cv
-
     r = h5io.read(inputs["train"], {"w": (cv.flat_params(model).numel(),)}, step="curvature_train",
                   expect_params=train_params)
     cv.set_flat_params(model, torch.from_numpy(r["w"]))
@@ -134,22 +81,17 @@ def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu
                     **_) -> None:
     """Train a classifier to the optimum of mean logistic loss + (l2/2)||w||^2 (full batch,
     Newton-CG or L-BFGS, float64); store w and every point's loss."""
-    from memgen import curvature as cv
-
     (xtr, ytr, xte, yte), _ = _cv_load(inputs, params, with_model=False)
     model = _cv_model(params["model"], xtr.shape[1])
-    info = cv.fit(model, _cv_bce, xtr, ytr, l2=params["l2"], **params["fit"],
-                  progress=progress)
-    with torch.no_grad():
-        out_tr, out_te = model(xtr).squeeze(-1), model(xte).squeeze(-1)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits
-        arrays = {"w": cv.flat_params(model), "train_logits": out_tr, "test_logits": out_te,
-                  "train_losses": loss(out_tr, ytr, reduction="none"), "test_losses": loss(out_te, yte, reduction="none")}
-    acc = lambda o, y: float(((o > 0).double() == y).double().mean())  # noqa: E731
+    info = cv.fit(model, cv.logistic_loss, xtr, ytr, l2=params["l2"], **params["fit"], progress=progress)
+    (out_tr, loss_tr, acc_tr), (out_te, loss_te, acc_te) = (cv.evaluate_classifier(model, xtr, ytr),
+                                                            cv.evaluate_classifier(model, xte, yte))
+    arrays = {"w": cv.flat_params(model), "train_logits": out_tr, "test_logits": out_te, "train_losses": loss_tr,
+              "test_losses": loss_te}
     h5io.write(output, arrays, step="curvature_train", params=params, seed=params["model"]["seed"],
                code_sha256=code_hash("curvature_train"),
                attrs={"grad_norm": info["grad_norm"], "iterations": info["iterations"], "objective": info["loss"],
-                      "train_acc": acc(out_tr, ytr), "test_acc": acc(out_te, yte)})
+                      "train_acc": acc_tr, "test_acc": acc_te})
 
 
 def _cv_test_index(params: dict, test_losses: np.ndarray) -> int:
@@ -168,24 +110,18 @@ def curvature_influence(inputs: dict, output: Path, params: dict, device: str = 
     (1/n) g_test^T (H + damping I)^{-1} g_i (memgen.curvature.influence_on_test_loss, CG),
     and the training points to check by retraining: the ``n_top`` largest |prediction|
     and ``n_random`` others drawn with ``seed``."""
-    from memgen import curvature as cv
-
     tp = params["train"]
     (xtr, ytr, xte, yte), model = _cv_load(inputs, tp)
     r = h5io.read(inputs["train"], {"test_losses": (None,)}, step="curvature_train", expect_params=tp)
     ti = _cv_test_index(params, r["test_losses"])
-    inf = cv.influence_on_test_loss(model, _cv_bce, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], damping=params["damping"],
+    inf = cv.influence_on_test_loss(model, cv.logistic_loss, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], damping=params["damping"],
                                     method="cg", l2=tp["l2"], cache_graph=True, vectorized=False, tol=params["cg_tol"],
                                     progress=sublabel(progress, "cg"))
     pred = inf.removal_change.numpy()
-    n = len(pred)
     sel = params["select"]
-    top = np.argsort(-np.abs(pred), kind="stable")[:min(sel["n_top"], n)]
-    rest = np.setdiff1d(np.arange(n), top)
-    rnd = np.sort(np.random.default_rng(sel["seed"]).choice(rest, min(sel["n_random"], len(rest)), replace=False))
-    selected = np.concatenate([top, rnd]).astype(np.int64)
+    selected, is_top = cv.select_for_retraining(pred, sel["n_top"], sel["n_random"], sel["seed"])
     h5io.write(output, {"predicted": pred, "up_loss": inf.up_loss, "s_test": inf.s_test, "test_grad": inf.test_grad,
-                        "selected": selected, "selected_top": np.r_[np.ones(len(top)), np.zeros(len(rnd))].astype(bool),
+                        "selected": selected, "selected_top": is_top,
                         "cg_residual_history": np.asarray(inf.info["residual_history"])},
                step="curvature_influence", params=params, seed=sel["seed"], code_sha256=code_hash("curvature_influence"),
                attrs={"test_index": ti, "test_loss": float(r["test_losses"][ti]), "test_label": float(yte[ti]),
@@ -200,29 +136,18 @@ def curvature_loo(inputs: dict, output: Path, params: dict, device: str = "cpu",
                   **_) -> None:
     """Actual change of the test loss on removing each selected training point: retrain
     on the other n - 1 points (warm start at the trained w, memgen.curvature.leave_one_out)."""
-    from memgen import curvature as cv
-
     ip = params["influence"]
     tp = ip["train"]
     (xtr, ytr, xte, yte), model = _cv_load(inputs, tp)
     inf = h5io.read(inputs["influence"], CV_INFLUENCE_SHAPES, step="curvature_influence", expect_params=ip)
     ti = int(inf.attrs["test_index"])
     sel = inf["selected"]
-    actual, grad_norms, iters = [], [], []
-    bar = Progress(progress, len(sel), unit="retrain",
-                   message=f"leave-one-out retrainings of {len(ytr)} points")
-    for k, i in enumerate(sel):
-        a, infos = cv.leave_one_out(model, _cv_bce, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], [int(i)], l2=tp["l2"],
-                                    **params["fit"])
-        actual.append(float(a[0]))
-        grad_norms.append(infos[0]["grad_norm"])
-        iters.append(infos[0]["iterations"])
-        bar.update(k + 1, f"point {int(i)} actual {actual[-1]:.4g} predicted {float(inf['predicted'][i]):.4g} "
-                          f"grad {grad_norms[-1]:.2g}")
-    bar.finish()
-    h5io.write(output, {"selected": sel, "actual": np.asarray(actual), "predicted": inf["predicted"][sel],
+    actual, infos = cv.leave_one_out(model, cv.logistic_loss, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], sel,
+                                     l2=tp["l2"], progress=progress, **params["fit"])
+    grad_norms = [i["grad_norm"] for i in infos]
+    h5io.write(output, {"selected": sel, "actual": actual, "predicted": inf["predicted"][sel],
                         "selected_top": inf["selected_top"], "grad_norm": np.asarray(grad_norms),
-                        "iterations": np.asarray(iters)},
+                        "iterations": np.asarray([i["iterations"] for i in infos])},
                step="curvature_loo", params=params, code_sha256=code_hash("curvature_loo"),
                attrs={"test_index": ti, "max_grad_norm": float(max(grad_norms, default=0.0))})
 
@@ -234,55 +159,21 @@ def curvature_solvers(inputs: dict, output: Path, params: dict, device: str = "c
     every ``record_every`` LiSSA steps (full batch at scale ``scale_factor`` (lambda_max +
     damping); mini-batch Hessians of ``batch_size`` points, counted as batch_size / n of
     a full HVP). The power iteration that sets the LiSSA scale is counted too."""
-    import json
-
-    from memgen import curvature as cv
-
     ip = params["influence"]
     tp = ip["train"]
-    (xtr, ytr, xte, yte), model = _cv_load(inputs, tp)
+    (xtr, ytr, _, _), model = _cv_load(inputs, tp)
     inf = h5io.read(inputs["influence"], {"test_grad": (None,)}, step="curvature_influence", expect_params=ip)
     v = torch.from_numpy(inf["test_grad"])
-    l2, damping, n = tp["l2"], ip["damping"], len(ytr)
-    data_hvp = cv.make_module_hvp(model, _cv_bce, [(xtr, ytr)], cache_graph=True)
-    hvp_fn = lambda u: data_hvp(u) + l2 * u  # noqa: E731  (Hessian of the regularized objective)
-    ref, _ = cv.inverse_hvp(hvp_fn, v, method="exact", damping=damping, progress=sublabel(progress, "exact"))
-    err = lambda x: float((x - ref).norm() / ref.norm())  # noqa: E731
-    rows = {"method": [], "hvps": [], "rel_error": []}
-
-    def add(method, hvps, e):
-        rows["method"].append(method)
-        rows["hvps"].append(float(hvps))
-        rows["rel_error"].append(e)
-
-    add("cg", 0, 1.0)
-    _, cg_info = cv.inverse_hvp(hvp_fn, v, method="cg", damping=damping, tol=params["cg_tol"],
-                                callback=lambda k, x: add("cg", k, err(x)), progress=sublabel(progress, "cg"))
     lp = params["lissa"]
-    lam, pinfo = cv.top_eigenvalue(hvp_fn, v, iters=200, tol=1e-6, return_info=True)
-    runs = [(f"lissa_full_x{f:g}", None, f * (lam + damping), 1.0) for f in lp["scale_factors"]]
-    bs = int(lp["batch_size"])
-    if bs < n:
-        batches = [(xtr[i:i + bs], ytr[i:i + bs]) for i in range(0, n, bs)]
-        bh = [lambda u, f=f: f(u) + l2 * u for f in cv.make_batch_hvps(model, _cv_bce, batches, cache_graph=True)]
-        lam_b = max(cv.top_eigenvalue(f, v, iters=200, tol=1e-6) for f in bh)
-        runs.append((f"lissa_batch{bs}_x{lp['scale_factors'][0]:g}", bh, lp["scale_factors"][0] * (lam_b + damping),
-                     bs / n))
-    for name, batch_hvps, scale, cost in runs:
-        add(name, pinfo["hvps"], 1.0)
-        _, info = cv.inverse_hvp(hvp_fn, v, method="lissa", damping=damping, scale=scale, depth=int(lp["depth"]),
-                                 batch_hvps=batch_hvps, lambda_max=lam, record="iterate",
-                                 record_every=int(lp["record_every"]), seed=int(lp["seed"]),
-                                 progress=sublabel(progress, name))
-        for j, xj in zip(info["path_steps"], info["path"][0]):
-            add(name, pinfo["hvps"] + cost * j, err(xj))
-    methods = sorted(set(rows["method"]))
-    code = np.array([methods.index(m) for m in rows["method"]])
-    h5io.write(output, {"method_code": code, "hvps": np.asarray(rows["hvps"]), "rel_error": np.asarray(rows["rel_error"]),
-                        "reference": ref},
+    acc = cv.solver_accuracy(model, cv.logistic_loss, xtr, ytr, v, l2=tp["l2"], damping=ip["damping"],
+                             cg_tol=params["cg_tol"], scale_factors=lp["scale_factors"], batch_size=lp["batch_size"],
+                             depth=lp["depth"], record_every=lp["record_every"], seed=lp["seed"], progress=progress)
+    h5io.write(output, {"method_code": acc.method_code, "hvps": acc.hvps, "rel_error": acc.rel_error,
+                        "reference": acc.reference},
                step="curvature_solvers", params=params, code_sha256=code_hash("curvature_solvers"),
-               attrs={"methods": json.dumps(methods), "lambda_max": float(lam), "cg_iterations": cg_info["iterations"],
-                      "cg_true_residual": cg_info["true_residual"], "P": int(v.numel())})
+               attrs={"methods": json.dumps(acc.methods), "lambda_max": acc.lambda_max,
+                      "cg_iterations": acc.cg_info["iterations"], "cg_true_residual": acc.cg_info["true_residual"],
+                      "P": int(v.numel())})
 
 
 STEPS = {
