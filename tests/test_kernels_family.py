@@ -389,3 +389,60 @@ def test_cifar2_from_local_batches(tmp_path):
     (root / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(MemgenError, match="not a CIFAR-10 python batch"):
         data.cifar2(root=str(root))
+
+
+# ---------------------------------------------------------------- the family's studies
+
+
+def test_linearized_vs_gd_against_explicit_gd_and_the_first_step():
+    """Losses of GD from an explicit loop; the linearized losses from
+    linearized_predictions; one GD step of the network is one step of its linearization,
+    so the weights agree after step 1 (w_dist ~ 0) and differ later."""
+    from memgen.kernels.studies import linearized_vs_gd
+
+    net = FC(3, 32, 2, activation="relu", last_layer="ntk", seed=4)
+    g = torch.Generator().manual_seed(10)
+    x, xt = torch.randn(8, 3, generator=g, dtype=DT), torch.randn(5, 3, generator=g, dtype=DT)
+    y, yt = torch.sign(torch.randn(8, generator=g, dtype=DT)), torch.sign(torch.randn(5, generator=g, dtype=DT))
+    record = np.array([0, 1, 3, 10])
+    r = linearized_vs_gd(net, x, y, xt, yt, lr=0.5, steps=10, record=record)
+    assert not r.diverged and list(r.step) == list(record) and np.allclose(r.t, 0.5 * record)
+    model, losses = FC(3, 32, 2, activation="relu", last_layer="ntk", seed=4), {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for k in range(11):
+        loss = ((model(x) - y) ** 2).mean() / 2
+        if k in record:
+            with torch.no_grad():
+                losses[k] = (float(loss), float(((model(xt) - yt) ** 2).mean() / 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    np.testing.assert_allclose(r.loss_train, [losses[k][0] for k in record], rtol=1e-10)
+    np.testing.assert_allclose(r.loss_test, [losses[k][1] for k in record], rtol=1e-10)
+    K, Ks, _ = empirical_ntk_blocks(net, x, xt)
+    with torch.no_grad():
+        Ftr, Fte = linearized_predictions(K, Ks, net(x), net(xt), y, torch.tensor(record, dtype=DT), lr=0.5,
+                                          continuous=False)
+    np.testing.assert_allclose(r.lin_loss_train, (((Ftr - y) ** 2).mean(1) / 2).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(r.lin_loss_test, (((Fte - yt) ** 2).mean(1) / 2).numpy(), rtol=1e-12)
+    assert r.w_dist[0] == 0 and r.w_move[0] == 0 and r.f_dist_train[0] < 1e-12
+    assert r.w_dist[1] < 1e-10 * r.w_move[1] and r.w_dist[3] > 1e-6 * r.w_move[3]
+
+
+def test_convergence_errors_and_accuracy_comparison():
+    from memgen.kernels.studies import accuracy_comparison, convergence_errors, sign_accuracy
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(10, 5, generator=g, dtype=DT)
+    model = {"d": 5, "h": 64, "L": 2, "activation": "relu", "last_layer": "ntk"}
+    ntk_err, nngp_err = convergence_errors(model, [0, 1], x)
+    _, ntk_inf = analytic_kernels(x, None, 2)
+    assert ntk_err[1] == float((empirical_ntk(FC(seed=1, **model), x) - ntk_inf).norm() / ntk_inf.norm())
+    assert ntk_err.shape == nngp_err.shape == (2,) and (nngp_err > 0).all()
+    assert sign_accuracy(torch.tensor([1.0, -2.0, 3.0]), torch.tensor([1.0, 1.0, 1.0])) == pytest.approx(2 / 3)
+    assert np.isnan(sign_accuracy(torch.tensor([1.0, float("nan")]), torch.ones(2)))
+    y = torch.sign(x[:, 0])
+    acc, diverged = accuracy_comparison(FC(seed=0, **model), x, y, x, y, ridge_ntk=1e-8, ridge_nngp=1e-8,
+                                        ridge_inf=1e-8, lr=1.0, steps=200)
+    assert not diverged and set(acc) == {"ntk", "nngp", "ntk_inf", "nngp_inf", "trained"}
+    assert acc["ntk"] == acc["ntk_inf"] == acc["trained"] == 1.0  # interpolating predictors on their own data

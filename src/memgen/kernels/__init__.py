@@ -24,6 +24,9 @@ Public API (this package; the modules below hold the parts):
   :func:`ntk_regression`, :func:`last_hidden_features`.
 - :func:`relative_change`, :func:`shape_change` (kernel distances) and
   :func:`model_vjp` (g -> J^T g).
+
+The kernels family's experiments, which its steps call, are in
+:mod:`memgen.kernels.studies` (not imported here: it needs :mod:`memgen.dynamics`).
 """
 
 from memgen.kernels.empirical import (
