@@ -82,8 +82,8 @@ def trained_loop_ntk(model, x1, x2):
     params = [p for p in model.parameters() if p.requires_grad]
 
     def jac(x):
-        return torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(model(xi.unsqueeze(0)).sum(), params)])
-                            for xi in x])
+        rows = [torch.autograd.grad(model(xi.unsqueeze(0)).sum(), params) for xi in x]
+        return torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in rows])
 
     return jac(x1) @ jac(x2).t()
 

@@ -268,7 +268,8 @@ def test_modelwise_simulation_against_pinv_and_matrix_exponential():
 
     p, sigma, draws, seed, ratios, snrs = 6, 0.7, 5, 3, [0.5, 1.0, 2.0], [1.0, 5.0]
     times = modelwise.time_grid(1e-2, 1e2, 9)
-    assert times.shape == (10,) and times[0] == 0 and times[1] == pytest.approx(1e-2) and times[-1] == pytest.approx(1e2)
+    assert times.shape == (10,) and times[0] == 0
+    assert times[1] == pytest.approx(1e-2) and times[-1] == pytest.approx(1e2)
     sim = modelwise.simulate(p, ratios, snrs, sigma, draws, seed, times)
     assert sim.risk_min_norm.shape == sim.risk_early_stopped.shape == (2, 3, draws) and sim.t_stop.shape == (2, 3)
     rng = np.random.default_rng(seed)

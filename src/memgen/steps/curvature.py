@@ -67,14 +67,14 @@ def _cv_load(inputs: dict, train_params: dict, with_model: bool = True):
     """(x_train, y_train, x_test, y_test) as float64 tensors, and the trained model."""
     ds = h5io.read(inputs["dataset"], CV_DIGITS_SHAPES, step="curvature_digits", expect_params=train_params["dataset"])
     t = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in ds.arrays.items()}
-    data = (t["x_train"], t["y_train"], t["x_test"], t["y_test"])
+    xy = (t["x_train"], t["y_train"], t["x_test"], t["y_test"])
     if not with_model:
-        return data, None
-    model = _cv_model(train_params["model"], data[0].shape[1])
+        return xy, None
+    model = _cv_model(train_params["model"], xy[0].shape[1])
     r = h5io.read(inputs["train"], {"w": (cv.flat_params(model).numel(),)}, step="curvature_train",
                   expect_params=train_params)
     cv.set_flat_params(model, torch.from_numpy(r["w"]))
-    return data, model
+    return xy, model
 
 
 def curvature_train(inputs: dict, output: Path, params: dict, device: str = "cpu", progress: str | None = None,
@@ -114,9 +114,9 @@ def curvature_influence(inputs: dict, output: Path, params: dict, device: str = 
     (xtr, ytr, xte, yte), model = _cv_load(inputs, tp)
     r = h5io.read(inputs["train"], {"test_losses": (None,)}, step="curvature_train", expect_params=tp)
     ti = _cv_test_index(params, r["test_losses"])
-    inf = cv.influence_on_test_loss(model, cv.logistic_loss, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], damping=params["damping"],
-                                    method="cg", l2=tp["l2"], cache_graph=True, vectorized=False, tol=params["cg_tol"],
-                                    progress=sublabel(progress, "cg"))
+    inf = cv.influence_on_test_loss(model, cv.logistic_loss, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1],
+                                    damping=params["damping"], method="cg", l2=tp["l2"], cache_graph=True,
+                                    vectorized=False, tol=params["cg_tol"], progress=sublabel(progress, "cg"))
     pred = inf.removal_change.numpy()
     sel = params["select"]
     selected, is_top = cv.select_for_retraining(pred, sel["n_top"], sel["n_random"], sel["seed"])
