@@ -23,7 +23,7 @@ FC d=30, h=1024, L=3 (relu, "ntk" last layer, no bias), n=1024 points, float32:
   ``torch.profiler`` and, for oneDNN's products, from their shapes);
 - peak RSS (VmHWM) of a fresh process that builds the 8192 x 8192 float64 train Gram of the same
   FC (h=1024, L=3), and of one that only imports torch + memgen;
-- the generic path (torch.func, :func:`memgen.kernels.generic_ntk`) against a
+- the generic path (torch.func, ``memgen.kernels.empirical_ntk(..., path="generic")``) against a
   per-example gradient loop on a small CNN.
 
 Times are the best of ``--repeats`` runs, the matmul, the fast paths and nngeometry timed
@@ -45,8 +45,9 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from memgen.kernels import (_mm_nt, _one_by_one, _tiles_of, _uses_onednn, empirical_ntk, generic_ntk,
-                            sequential_ntk, symmetric_tiles)
+from memgen.kernels import empirical_ntk
+from memgen.kernels.gemm import _mm_nt, _one_by_one, _uses_onednn
+from memgen.kernels.gram import _tiles_of, symmetric_tiles
 from memgen.models import FC
 
 
@@ -80,7 +81,7 @@ def gemm_skeleton(n: int, d: int, h: int, L: int, *, passes: int, to_inputs: boo
     """The matrix products alone of an NTK Gram of FC(d, h, L) on n points, on random
     matrices of the same shapes: ``passes`` forward + backward passes (back to the inputs
     too with ``to_inputs``), then the d-wide and 2L h-wide Gram products, over the tiles
-    of :func:`memgen.kernels.symmetric_tiles` (the large ones singly, by ``mm_nt``, where
+    of :func:`memgen.kernels.gram.symmetric_tiles` (the large ones singly, by ``mm_nt``, where
     the library does so; the others batched) or the full square; every 2-d product a @ b^T
     by ``mm_nt``. Timed against the real code, it separates the FLOP count from everything
     else: the fast path is passes=1 over the triangle with memgen's ``_mm_nt``;
@@ -264,7 +265,7 @@ def main(argv=None):
 
     ma, mb = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     fns = {"matmul": lambda: torch.mm(ma, mb), "fast_fc": lambda: empirical_ntk(model, x),
-           "fast_seq": lambda: sequential_ntk(seqm, x)}
+           "fast_seq": lambda: empirical_ntk(seqm, x, path="structured")}
     if _uses_onednn(ma):
         fns["matmul_onednn"] = lambda: _mm_nt(ma, mb)
     try:
@@ -319,7 +320,7 @@ def main(argv=None):
 
     cnn = small_cnn()
     xc = torch.randn(args.cnn_n, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    Kg, res["cnn_generic_s"] = timed(lambda: generic_ntk(cnn, xc), args.repeats)
+    Kg, res["cnn_generic_s"] = timed(lambda: empirical_ntk(cnn, xc, path="generic"), args.repeats)
     Kl, res["cnn_loop_s"] = timed(lambda: loop_ntk(cnn, xc), 1)
     res["cnn_relerr"] = float((Kg - Kl).norm() / Kl.norm())
     res["cnn_speedup"] = res["cnn_loop_s"] / res["cnn_generic_s"]

@@ -12,7 +12,6 @@ import torch
 from conftest import run_family, run_step, step_params
 from memgen import MemgenError, config, h5io
 from memgen.families.curvature import params as CV
-from memgen.families.curvature import steps
 from memgen.figures import draw, specs
 
 TOY_X = np.array([1.25, -1.0 / 12.0])  # H^{-1} (1, 1) of the seed's toy
@@ -171,16 +170,16 @@ def test_fit_methods_agree_and_leave_one_out_restores_parameters():
     y = (torch.rand(40, generator=g, dtype=torch.float64) < torch.sigmoid(x[:, 0] - x[:, 1])).double()
     ws = []
     for method in ("newton", "lbfgs"):
-        model = steps._cv_model({"kind": "logreg", "seed": 0}, 5)
-        info = cvl.fit(model, steps._cv_bce, x, y, l2=0.1, method=method, tol=1e-10)
+        model = cvl.classifier("logreg", 5, seed=0)
+        info = cvl.fit(model, cvl.logistic_loss, x, y, l2=0.1, method=method, tol=1e-10)
         assert info["grad_norm"] <= 1e-10
         ws.append(cvl.flat_params(model))
     assert torch.allclose(ws[0], ws[1], atol=1e-9)
     before = cvl.flat_params(model).clone()
-    change, infos = cvl.leave_one_out(model, steps._cv_bce, x, y, x[:1], y[:1], [0, 5], l2=0.1, method="newton")
+    change, infos = cvl.leave_one_out(model, cvl.logistic_loss, x, y, x[:1], y[:1], [0, 5], l2=0.1, method="newton")
     assert torch.equal(cvl.flat_params(model), before) and change.shape == (2,) and change[0] > 0  # own point
     with pytest.raises(MemgenError, match="unknown method"):
-        cvl.fit(model, steps._cv_bce, x, y, method="sgd")
+        cvl.fit(model, cvl.logistic_loss, x, y, method="sgd")
 
 
 def test_unguarded_lissa_path_stops_at_the_bound():

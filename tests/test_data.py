@@ -91,3 +91,28 @@ def test_load_rejects_non_binary_labels(tmp_path):
     with pytest.raises(h5io.H5Error, match="y_train"):
         _load(path)
     assert len(_load(path, binary=False).y_train) == 30
+
+
+def test_digits_binary_pixels_are_the_seeded_permutation_of_the_two_classes():
+    """labels="binary", normalize=False (the curvature family): pixels / 16, labels 0/1,
+    the rows of a seeded permutation of the two classes' images (written out here as the
+    curvature step's loader did before it used memgen.data.digits)."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    rows = np.flatnonzero(np.isin(raw.target, (1, 7)))
+    perm = np.random.default_rng(4).permutation(rows)
+    tr, te = perm[:30], perm[30:50]
+    ds = data.digits(30, 20, (1, 7), 4, labels="binary", normalize=False)
+    np.testing.assert_array_equal(ds.meta["index_train"], tr)
+    np.testing.assert_array_equal(ds.meta["index_test"], te)
+    np.testing.assert_array_equal(ds.x_train.numpy(), raw.data[tr] / 16.0)
+    np.testing.assert_array_equal(ds.x_test.numpy(), raw.data[te] / 16.0)
+    np.testing.assert_array_equal(ds.y_train.numpy(), (raw.target[tr] == 7).astype(float))
+    np.testing.assert_array_equal(ds.y_test.numpy(), (raw.target[te] == 7).astype(float))
+    signed = data.digits(30, 20, (1, 7), 4)  # the kernels family's: same rows, +-1, centred unit rows
+    np.testing.assert_array_equal(signed.meta["index_train"], tr)
+    np.testing.assert_array_equal(signed.y_train.numpy(), 2 * ds.y_train.numpy() - 1)
+    np.testing.assert_allclose((signed.x_train ** 2).sum(1).numpy(), 64.0, rtol=1e-12)
+    with pytest.raises(MemgenError, match="labels"):
+        data.digits(30, 20, (1, 7), 4, labels="01")

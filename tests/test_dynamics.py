@@ -117,3 +117,35 @@ def test_momentum_step_constant_gradient_closed_form():
     w, v = momentum_step(torch.ones(2, dtype=torch.float64), None, g, 0.1, 0.0)  # tau = 0: gradient flow
     torch.testing.assert_close(v, -g)
     torch.testing.assert_close(w, 1 - 0.1 * g)
+
+
+class _LinearModel:
+    """f(w, x) = x w as a pure function of w: forward and J^T g."""
+
+    def forward(self, w, x):
+        return x @ w, x
+
+    def vjp(self, cache, g):
+        return cache.t() @ g
+
+
+def test_gd_mse_is_the_least_squares_recursion():
+    """For f = X w, GD on (1/2n)||Xw - y||^2 gives w_k - w* = (I - lr X^T X / n)^k (w_0 - w*)."""
+    from memgen.dynamics import gd_mse
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(20, 4, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    w0 = torch.randn(4, generator=g, dtype=torch.float64)
+    w_star = torch.linalg.lstsq(X, y).solution
+    M = torch.eye(4, dtype=torch.float64) - 0.3 * X.t() @ X / 20
+    seen = {}
+    w, f, diverged = gd_mse(_LinearModel(), w0, X, y, lr=0.3, steps=25, record=[0, 7, 25],
+                            on_record=lambda k, wk, fk: seen.update({k: (wk.clone(), fk.clone())}))
+    assert not diverged and sorted(seen) == [0, 7, 25]
+    for k, (wk, fk) in seen.items():
+        torch.testing.assert_close(wk - w_star, torch.linalg.matrix_power(M, k) @ (w0 - w_star), rtol=1e-10,
+                                   atol=1e-12)
+        torch.testing.assert_close(fk, X @ wk, rtol=0, atol=0)
+    assert torch.equal(w, seen[25][0]) and torch.equal(f, seen[25][1])
+    _, _, diverged = gd_mse(_LinearModel(), w0, X, y, lr=1e3, steps=500)  # lr far above 2 / lambda_max
+    assert diverged

@@ -2,8 +2,15 @@ import pytest
 import torch
 from torch import nn
 
-from memgen.kernels import empirical_ntk, fc_ntk, generic_ntk, ntk_blocks
+from memgen.kernels import empirical_ntk, empirical_ntk_blocks
+from memgen.kernels.generic import generic_gram_blocks
 from memgen.models import FC
+
+
+def generic_ntk(model, x1, x2=None, block=256):
+    """The generic path with a given block size."""
+    return generic_gram_blocks(model, [x1] if x2 is None else [x1, x2], [(0, 0)] if x2 is None else [(0, 1)],
+                               block=block)[0]
 
 
 def loop_ntk(model, x1, x2):
@@ -41,11 +48,12 @@ def test_fc_ntk_matches_per_example_gradients(activation, bias, last_layer):
     eig = torch.linalg.eigvalsh(K11)
     assert eig.min() >= -1e-10 * eig.max()
     w = model.flat_parameters()
-    Ktt, Kst, Kss = ntk_blocks(model.flat(), w, x1, x2)
-    _close(Ktt, fc_ntk(model.flat(), w, x1))
-    _close(Kst, fc_ntk(model.flat(), w, x2, x1))
-    _close(Kss, fc_ntk(model.flat(), w, x2))
-    _close(generic_ntk(model, x2, x1), K21)  # the generic path agrees with the structured one
+    viewed = FC.from_flat(model.spec, w)  # a flat vector as a module, no copy
+    assert viewed.W0.data_ptr() == w.data_ptr()
+    Ktt, Kst, Kss = empirical_ntk_blocks(viewed, x1, x2)
+    assert torch.equal(Ktt, K11) and torch.equal(Kst, K21)  # one forward pass per set, the same numbers
+    _close(Kss, loop_ntk(model, x2, x2))
+    _close(empirical_ntk(model, x2, x1, path="generic"), K21)  # the generic path agrees with the structured one
 
 
 def test_generic_ntk_conv_net_matches_loop():
@@ -67,3 +75,71 @@ def test_generic_ntk_conv_net_matches_loop():
     _close(empirical_ntk(batched, x1), K)
     eig = torch.linalg.eigvalsh(K)
     assert eig.min() >= -1e-10 * eig.max()
+
+
+def trained_loop_ntk(model, x1, x2):
+    """J1 J2^T over the parameters with requires_grad only, one backward pass per example."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def jac(x):
+        rows = [torch.autograd.grad(model(xi.unsqueeze(0)).sum(), params) for xi in x]
+        return torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in rows])
+
+    return jac(x1) @ jac(x2).t()
+
+
+def _sequential():
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+
+
+def _fc():
+    model = FC(4, 6, 2, activation="tanh", bias=True, last_layer="ntk", seed=3)
+    model.load_flat(torch.randn(model.flat().numel, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    return model
+
+
+FROZEN = {  # model, names of the parameters to freeze
+    "seq_hidden_weight": (_sequential, ["2.weight"]),
+    "seq_first_bias": (_sequential, ["0.bias"]),
+    "seq_output_weight": (_sequential, ["4.weight"]),  # the output bias alone: a constant 1 term
+    "seq_first_layer": (_sequential, ["0.weight", "0.bias"]),
+    "fc_hidden_weight": (_fc, ["W1"]),
+    "fc_biases": (_fc, ["B0", "B1", "B2"]),
+    "fc_output_weight": (_fc, ["W2"]),
+}
+
+
+@pytest.mark.parametrize("path", ["auto", "generic"])
+@pytest.mark.parametrize("case", sorted(FROZEN))
+def test_empirical_ntk_differentiates_trained_parameters_only(case, path):
+    make, names = FROZEN[case]
+    model = make()
+    g = torch.Generator().manual_seed(6)
+    d = 5 if case.startswith("seq") else 4
+    x1, x2 = torch.randn(9, d, generator=g, dtype=torch.float64), torch.randn(4, d, generator=g, dtype=torch.float64)
+    full = empirical_ntk(model, x1)
+    for name, p in model.named_parameters():
+        if name in names:
+            p.requires_grad_(False)
+    K11, K21 = empirical_ntk(model, x1, path=path), empirical_ntk(model, x2, x1, path=path)
+    _close(K11, trained_loop_ntk(model, x1, x1))
+    _close(K21, trained_loop_ntk(model, x2, x1))
+    assert float((full - K11).abs().max()) > 1e-3 * float(full.abs().max())  # freezing changed the kernel
+    Ktt, Kst, Kss = empirical_ntk_blocks(model, x1, x2, path=path)
+    _close(Ktt, K11), _close(Kst, K21), _close(Kss, trained_loop_ntk(model, x2, x2))
+
+
+@pytest.mark.parametrize("path", ["auto", "generic"])
+def test_empirical_ntk_of_a_frozen_model_is_zero(path):
+    model = _sequential().requires_grad_(False)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(empirical_ntk(model, x, path=path), torch.zeros(6, 6, dtype=torch.float64))
+
+
+def test_generic_ntk_of_a_conv_net_with_a_frozen_layer():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Tanh(), nn.Flatten(1), nn.Linear(3 * 6, 1)).double()
+    model[0].weight.requires_grad_(False)
+    x = torch.randn(6, 2, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    _close(empirical_ntk(model, x), trained_loop_ntk(model, x, x))

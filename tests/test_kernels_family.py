@@ -11,25 +11,29 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 
-from memgen import MemgenError, data, kernels
+from memgen import MemgenError, data
 from memgen.dynamics import linearized_predictions, linearized_weights
 from memgen.kernels import (
-    SYMMETRIC_LEAF,
     analytic_kernels,
     empirical_ntk,
-    generic_ntk,
-    gram_entries,
+    empirical_ntk_blocks,
     kernel_regression,
     model_vjp,
     nngp_predictor,
-    ntk_gram_blocks,
-    sequential_chain,
-    sequential_ntk,
-    symmetric_tiles,
 )
+from memgen.kernels import gemm
+from memgen.kernels.generic import generic_gram_blocks
+from memgen.kernels.gram import SYMMETRIC_LEAF, gram_entries, symmetric_tiles
+from memgen.kernels.structured import sequential_chain
 from memgen.models import FC
 
 DT = torch.float64
+
+
+def generic_ntk(model, x1, x2=None, block=256, **kw):
+    """The generic path with a given block size."""
+    return generic_gram_blocks(model, [x1] if x2 is None else [x1, x2], [(0, 0)] if x2 is None else [(0, 1)],
+                               block=block, **kw)[0]
 
 
 def jacobian_loop(model, x):
@@ -81,7 +85,7 @@ def test_structured_sequential_matches_loop(name):
     x1, x2 = torch.randn(9, 5, generator=g, dtype=DT), torch.randn(4, 5, generator=g, dtype=DT)
     K11 = empirical_ntk(model, x1)
     close(K11, loop_ntk(model, x1, x1))
-    close(sequential_ntk(model, x2, x1), loop_ntk(model, x2, x1))
+    close(empirical_ntk(model, x2, x1, path="structured"), loop_ntk(model, x2, x1))
     close(generic_ntk(model, x2, x1), loop_ntk(model, x2, x1))
     psd_and_symmetric(K11)
 
@@ -98,7 +102,7 @@ def test_structured_fc_matches_loop_and_small_budget(bias, last_layer):
     # a tiny memory budget forces row blocks of 1-2 rows (and the mirrored triangle)
     close(empirical_ntk(model, x1, memory_budget=500), ref11)
     close(empirical_ntk(model, x2, x1, memory_budget=500), ref21)
-    Ktt, Kst, Kss = ntk_gram_blocks(model, x1, x2)
+    Ktt, Kst, Kss = empirical_ntk_blocks(model, x1, x2)
     close(Ktt, ref11), close(Kst, ref21), close(Kss, loop_ntk(model, x2, x2))
     psd_and_symmetric(Ktt)
 
@@ -146,14 +150,14 @@ def test_float32_gram_on_both_gemm_backends(onednn, budget, monkeypatch):
     """float32 on CPU: with oneDNN's products (forward, backward, the large triangle tiles
     one by one, the test/train block) or torch.mm's, the Gram of float64 up to float32
     rounding, exactly symmetric."""
-    if onednn and kernels.ONEDNN_LINEAR is None:
+    if onednn and gemm.ONEDNN_LINEAR is None:
         pytest.skip("this torch has no oneDNN")
     calls = []
     if onednn:
-        op = kernels.ONEDNN_LINEAR
-        monkeypatch.setattr(kernels, "ONEDNN_LINEAR", lambda *args: calls.append(args[0].shape) or op(*args))
+        op = gemm.ONEDNN_LINEAR
+        monkeypatch.setattr(gemm, "ONEDNN_LINEAR", lambda *args: calls.append(args[0].shape) or op(*args))
     else:
-        monkeypatch.setattr(kernels, "ONEDNN_LINEAR", None)
+        monkeypatch.setattr(gemm, "ONEDNN_LINEAR", None)
     m32 = FC(3, 40, 2, activation="relu", bias=True, last_layer="ntk", seed=2, dtype=torch.float32)
     m64 = FC(3, 40, 2, activation="relu", bias=True, last_layer="ntk", dtype=DT).load_flat(m32.flat_parameters().double())
     x = torch.randn(4 * SYMMETRIC_LEAF + 37, 3, generator=torch.Generator().manual_seed(3))
@@ -167,7 +171,7 @@ def test_float32_gram_on_both_gemm_backends(onednn, budget, monkeypatch):
     close(K21.double(), ref[:50], rtol=1e-5)
     assert torch.equal(K, K.t())
     if onednn:  # the forward and backward passes (293 rows) and, unless cut into row panels, the 146-row tiles
-        assert {293} | ({146} if budget is None else set()) <= set(rows) and 146 >= kernels.ONEDNN_MIN_ROWS
+        assert {293} | ({146} if budget is None else set()) <= set(rows) and 146 >= gemm.ONEDNN_MIN_ROWS
 
 
 def small_cnn():
@@ -186,7 +190,7 @@ def test_generic_cnn_matches_loop_blocks_and_budget():
     close(generic_ntk(model, x2, x1, block=2), ref21)
     P = sum(p.numel() for p in model.parameters())
     close(generic_ntk(model, x1, memory_budget=4 * 8 * P), ref11)  # one example per block, no cache
-    Ktt, Kst, Kss = ntk_gram_blocks(model, x1, x2)
+    Ktt, Kst, Kss = empirical_ntk_blocks(model, x1, x2)
     close(Ktt, ref11), close(Kst, ref21), close(Kss, loop_ntk(model, x2, x2))
     psd_and_symmetric(Ktt)
     with pytest.raises(MemgenError, match="structured"):
@@ -385,3 +389,60 @@ def test_cifar2_from_local_batches(tmp_path):
     (root / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(MemgenError, match="not a CIFAR-10 python batch"):
         data.cifar2(root=str(root))
+
+
+# ---------------------------------------------------------------- the family's studies
+
+
+def test_linearized_vs_gd_against_explicit_gd_and_the_first_step():
+    """Losses of GD from an explicit loop; the linearized losses from
+    linearized_predictions; one GD step of the network is one step of its linearization,
+    so the weights agree after step 1 (w_dist ~ 0) and differ later."""
+    from memgen.kernels.studies import linearized_vs_gd
+
+    net = FC(3, 32, 2, activation="relu", last_layer="ntk", seed=4)
+    g = torch.Generator().manual_seed(10)
+    x, xt = torch.randn(8, 3, generator=g, dtype=DT), torch.randn(5, 3, generator=g, dtype=DT)
+    y, yt = torch.sign(torch.randn(8, generator=g, dtype=DT)), torch.sign(torch.randn(5, generator=g, dtype=DT))
+    record = np.array([0, 1, 3, 10])
+    r = linearized_vs_gd(net, x, y, xt, yt, lr=0.5, steps=10, record=record)
+    assert not r.diverged and list(r.step) == list(record) and np.allclose(r.t, 0.5 * record)
+    model, losses = FC(3, 32, 2, activation="relu", last_layer="ntk", seed=4), {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for k in range(11):
+        loss = ((model(x) - y) ** 2).mean() / 2
+        if k in record:
+            with torch.no_grad():
+                losses[k] = (float(loss), float(((model(xt) - yt) ** 2).mean() / 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    np.testing.assert_allclose(r.loss_train, [losses[k][0] for k in record], rtol=1e-10)
+    np.testing.assert_allclose(r.loss_test, [losses[k][1] for k in record], rtol=1e-10)
+    K, Ks, _ = empirical_ntk_blocks(net, x, xt)
+    with torch.no_grad():
+        Ftr, Fte = linearized_predictions(K, Ks, net(x), net(xt), y, torch.tensor(record, dtype=DT), lr=0.5,
+                                          continuous=False)
+    np.testing.assert_allclose(r.lin_loss_train, (((Ftr - y) ** 2).mean(1) / 2).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(r.lin_loss_test, (((Fte - yt) ** 2).mean(1) / 2).numpy(), rtol=1e-12)
+    assert r.w_dist[0] == 0 and r.w_move[0] == 0 and r.f_dist_train[0] < 1e-12
+    assert r.w_dist[1] < 1e-10 * r.w_move[1] and r.w_dist[3] > 1e-6 * r.w_move[3]
+
+
+def test_convergence_errors_and_accuracy_comparison():
+    from memgen.kernels.studies import accuracy_comparison, convergence_errors, sign_accuracy
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(10, 5, generator=g, dtype=DT)
+    model = {"d": 5, "h": 64, "L": 2, "activation": "relu", "last_layer": "ntk"}
+    ntk_err, nngp_err = convergence_errors(model, [0, 1], x)
+    _, ntk_inf = analytic_kernels(x, None, 2)
+    assert ntk_err[1] == float((empirical_ntk(FC(seed=1, **model), x) - ntk_inf).norm() / ntk_inf.norm())
+    assert ntk_err.shape == nngp_err.shape == (2,) and (nngp_err > 0).all()
+    assert sign_accuracy(torch.tensor([1.0, -2.0, 3.0]), torch.tensor([1.0, 1.0, 1.0])) == pytest.approx(2 / 3)
+    assert np.isnan(sign_accuracy(torch.tensor([1.0, float("nan")]), torch.ones(2)))
+    y = torch.sign(x[:, 0])
+    acc, diverged = accuracy_comparison(FC(seed=0, **model), x, y, x, y, ridge_ntk=1e-8, ridge_nngp=1e-8,
+                                        ridge_inf=1e-8, lr=1.0, steps=200)
+    assert not diverged and set(acc) == {"ntk", "nngp", "ntk_inf", "nngp_inf", "trained"}
+    assert acc["ntk"] == acc["ntk_inf"] == acc["trained"] == 1.0  # interpolating predictors on their own data

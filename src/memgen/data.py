@@ -114,19 +114,21 @@ def from_h5(data: h5io.H5Data, binary: bool = True) -> Dataset:
 
 
 def _two_class_split(x: np.ndarray, labels: np.ndarray, classes, n_train: int, n_test: int, seed: int,
-                     name: str, x_test=None, labels_test=None):
-    """Keep two classes (first -> -1, second -> +1); seeded draw of ``n_train`` training
-    points (and ``n_test`` test points, 0 = all) from the given pools."""
+                     name: str, x_test=None, labels_test=None, negative: float = -1.0):
+    """Keep two classes (first -> ``negative``, second -> +1); seeded draw of ``n_train``
+    training points (and ``n_test`` test points, 0 = all) from the given pools. Returns
+    x_train, y_train, x_test, y_test and the rows of the train and test points in the
+    pools they came from."""
     classes = [int(c) for c in classes]
     if len(classes) != 2 or classes[0] == classes[1]:
         raise MemgenError(f"{name}: classes must be two different labels, got {classes}")
     rng = np.random.default_rng(seed)
 
     def pick(xs, ls):
-        keep = np.isin(ls, classes)
-        return xs[keep].astype(np.float64), np.where(ls[keep] == classes[1], 1.0, -1.0)
+        rows = np.flatnonzero(np.isin(ls, classes))
+        return xs[rows].astype(np.float64), np.where(ls[rows] == classes[1], 1.0, negative), rows
 
-    xa, ya = pick(x, labels)
+    xa, ya, ra = pick(x, labels)
     if x_test is None:  # one pool: split it
         perm = rng.permutation(len(xa))
         n_te = len(xa) - n_train if n_test == 0 else n_test
@@ -134,32 +136,44 @@ def _two_class_split(x: np.ndarray, labels: np.ndarray, classes, n_train: int, n
             raise MemgenError(f"{name}: n_train={n_train} + n_test={n_test} exceeds the {len(xa)} points "
                               f"of classes {classes} (n_test=0 takes all the rest)")
         tr, te = perm[:n_train], perm[n_train:n_train + n_te]
-        return xa[tr], ya[tr], xa[te], ya[te]
-    xb, yb = pick(x_test, labels_test)
+        return xa[tr], ya[tr], xa[te], ya[te], ra[tr], ra[te]
+    xb, yb, rb = pick(x_test, labels_test)
     if n_train < 1 or n_train > len(xa) or n_test > len(xb):
         raise MemgenError(f"{name}: asked for {n_train} train / {n_test} test points; classes {classes} have "
                           f"{len(xa)} / {len(xb)}")
     tr = rng.choice(len(xa), n_train, replace=False)
     te = np.arange(len(xb)) if n_test == 0 else np.sort(rng.choice(len(xb), n_test, replace=False))
-    return xa[tr], ya[tr], xb[te], yb[te]
+    return xa[tr], ya[tr], xb[te], yb[te], ra[tr], rb[te]
 
 
-def digits(n_train: int, n_test: int = 0, classes=(3, 8), seed: int = 0) -> Dataset:
+def digits(n_train: int, n_test: int = 0, classes=(3, 8), seed: int = 0, labels: str = "sign",
+           normalize: bool = True) -> Dataset:
     """scikit-learn's 8x8 digits (1797 images, d = 64), two classes.
 
-    Labels: ``classes[0]`` -> -1, ``classes[1]`` -> +1. A seeded permutation of the two
-    classes' images gives ``n_train`` training points and ``n_test`` test points (0 =
-    all the rest). Inputs: pixels / 16, centred by the training mean, each image then
-    scaled to norm sqrt(d) (so x.x/d = 1, the analytic kernels' natural scale).
+    A seeded permutation of the two classes' images gives ``n_train`` training points and
+    ``n_test`` test points (0 = all the rest). Labels: ``classes[1]`` -> +1,
+    ``classes[0]`` -> -1 (``labels="sign"``) or 0 (``labels="binary"``, for a logistic
+    loss). Inputs: pixels / 16 in [0, 1]; with ``normalize`` (the kernels family) then
+    centred by the training mean and each image scaled to norm sqrt(d) (so x.x/d = 1, the
+    analytic kernels' natural scale). ``meta["index_train"]``, ``meta["index_test"]``:
+    the rows of the points in scikit-learn's data set.
     """
     from sklearn.datasets import load_digits
 
+    if labels not in DIGIT_LABELS:
+        raise MemgenError(f"digits: labels must be one of {', '.join(DIGIT_LABELS)}, got {labels!r}")
     raw = load_digits()
-    xtr, ytr, xte, yte = _two_class_split(raw.data / 16.0, raw.target, classes, n_train, n_test, seed, "digits")
-    mean = xtr.mean(axis=0)
-    xtr, xte = _unit_rows(xtr - mean), _unit_rows(xte - mean)
+    xtr, ytr, xte, yte, itr, ite = _two_class_split(raw.data / 16.0, raw.target, classes, n_train, n_test, seed,
+                                                    "digits", negative=DIGIT_LABELS[labels])
+    if normalize:
+        mean = xtr.mean(axis=0)
+        xtr, xte = _unit_rows(xtr - mean), _unit_rows(xte - mean)
     t = torch.from_numpy
-    return Dataset(t(xtr), t(ytr), t(xte), t(yte), {"name": "digits", "classes": list(classes)})
+    return Dataset(t(xtr), t(ytr), t(xte), t(yte), {"name": "digits", "classes": list(classes),
+                                                    "index_train": itr, "index_test": ite})
+
+
+DIGIT_LABELS = {"sign": -1.0, "binary": 0.0}  # the label of classes[0]
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -206,8 +220,8 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
     x, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     xt, lt = batch("test_batch")
     scale = lambda a: 2.0 * a / 255.0 - 1.0  # noqa: E731
-    xtr, ytr, xte, yte = _two_class_split(scale(x), labels, classes, n_train, n_test, seed, "cifar2",
-                                          scale(xt), lt)
+    xtr, ytr, xte, yte, _, _ = _two_class_split(scale(x), labels, classes, n_train, n_test, seed, "cifar2",
+                                                scale(xt), lt)
     t = torch.from_numpy
     return Dataset(t(xtr), t(ytr), t(xte), t(yte), {"name": "cifar2", "classes": list(classes)})
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Generator
 import torch
 
 from memgen import MemgenError
+from memgen.progress import Progress
 
 
 class FlowDiverged(MemgenError):
@@ -192,3 +193,40 @@ def linearized_weights(w0, vjp, k_train_train, f0_train, y_train, t, lr: float =
     coeff = G @ V.t()  # (T, n)
     w0 = torch.as_tensor(w0)
     return torch.stack([w0 - vjp(coeff[i]).to(w0.dtype) for i in range(len(t))])
+
+
+# ---------------------------------------------------------------- discrete gradient descent
+
+
+def gd_mse(model, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, record=(),
+           on_record: Callable | None = None, progress: str | None = None):
+    """Full-batch gradient descent on L(w) = (1/2n) sum_i (f(w, x_i) - y_i)^2:
+
+        w_{k+1} = w_k - lr J_k^T (f_k - y) / n,   k = 0 .. steps - 1,
+
+    for a model given as a pure function of a flat vector (``model.forward(w, x) ->
+    (f (n,), cache)``, ``model.vjp(cache, g) -> J^T g``, e.g. :class:`memgen.models.FlatFC`).
+    ``on_record(k, w_k, f_k)`` is called at the steps k in ``record`` (0 and ``steps``
+    included if listed). Stops at the first non-finite f (diverged). ``progress``: label
+    of progress lines on stderr; None: silent. Returns (w, f, diverged) at the last step
+    evaluated (w_steps, f(w_steps) unless diverged).
+    """
+    n = len(y)
+    record = set(int(r) for r in record)
+    f = None
+    bar = Progress(progress, steps, unit="step", message=f"GD on {n} points, lr={lr:g}")
+    for k in range(steps + 1):
+        f, cache = model.forward(w, x)
+        if not torch.isfinite(f).all():
+            bar.finish(k, "diverged")
+            return w, f, True
+        if k in record and on_record is not None:
+            on_record(k, w, f)
+        if k == steps:
+            break
+        w = w - lr * model.vjp(cache, (f - y) / n)
+        if bar.due():
+            bar.update(k + 1, f"train loss {float(((f - y) ** 2).mean() / 2):.4g}")
+    bar.finish(steps, lambda: f"train loss {float(((f - y) ** 2).mean() / 2):.4g}")
+    return w, f, False
+

@@ -315,6 +315,18 @@ def jacobian_spectrum(X, W, v) -> tuple[torch.Tensor, torch.Tensor]:
     return sv, share
 
 
+def jacobian_spectra(X, run: TwoLayerRun):
+    """:func:`jacobian_spectrum` of a :class:`TwoLayerRun` at init and at the end:
+    (sv_init, share_init, sv_final, share_final, diverged). A run whose risk or layers are
+    not finite (GD diverged) has no final spectrum (the SVD refuses non-finite input):
+    NaN of the init's shapes, and ``diverged`` True."""
+    sv0, share0 = jacobian_spectrum(X, run.W0, run.v0)
+    diverged = not (torch.isfinite(run.risk).all() and torch.isfinite(run.W).all() and torch.isfinite(run.v).all())
+    sv1, share1 = ((torch.full_like(sv0, torch.nan), torch.full_like(share0, torch.nan)) if diverged
+                   else jacobian_spectrum(X, run.W, run.v))
+    return sv0, share0, sv1, share1, diverged
+
+
 def two_group_teacher(d_fast: int, d_slow: int, kappa: float, theta_fast: float, theta_slow: float,
                       s_fast: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature scales and teacher of the two-group problem: ``(s, theta)`` with

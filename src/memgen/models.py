@@ -6,10 +6,17 @@
     z_l = W_{l-1} a_{l-1} / sqrt(h) + b_{l-1},   a_l = phi(z_l)      (l = 2..L)
     f(x) = W_L a_L / s + b_L,  s = h ("mean_field", upstream) or sqrt(h) ("ntk")
 
-with all weights N(0, 1) and biases 0 at initialisation. ``phi`` is relu, tanh or
-softplus with sharpness ``beta`` (``log(1 + exp(beta z)) / beta``); with
-``normalize=True`` it is multiplied by the constant c that makes E[phi(z)^2] = 1 for
-z ~ N(0, 1) (upstream does this by sampling; memgen uses Gauss-Hermite quadrature).
+with all weights N(0, 1) and biases 0 at initialisation. ``phi`` is the plain function
+named: relu = max(0, z), tanh, or softplus with sharpness ``beta``
+(``log(1 + exp(beta z)) / beta``). With ``normalize=True`` (explicit; the time-scale
+family's config sets it, as upstream does) it is multiplied by the constant c that
+makes E[phi(z)^2] = 1 for z ~ N(0, 1) (upstream does this by sampling; memgen uses
+Gauss-Hermite quadrature); the default ``normalize=False`` leaves phi unscaled.
+
+Each activation is defined once (:data:`ACTIVATION_FUNCTIONS`: its value and its
+derivative, written into a given tensor or, without one, as differentiable torch ops);
+every path evaluates that definition: :class:`Activation` (autograd and in place),
+:class:`FlatFC`'s folded fast path and :func:`activation_constant`.
 
 The trainer and the structured NTK use :class:`FlatFC`: the same network as a pure
 function of one flat parameter vector with a hand-written forward and backward.
@@ -20,52 +27,94 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from memgen import MemgenError
 
-ACTIVATIONS = ("relu", "tanh", "softplus")
 # softplus(u) = u for u = beta z > 30: log1p(exp(-30)) ~ 1e-13 is below float64 rounding of
 # u, and exp(beta z) can no longer overflow (it does past beta z ~ 709 without a cutoff).
 SOFTPLUS_THRESHOLD = 30.0
 LAST_LAYERS = ("mean_field", "ntk")
 
+# ---------------------------------------------------------------- the activations, once
+#
+# value(z, beta, out=None) -> act(z); derivative(z, value, beta, out=None) -> act'(z), where
+# ``value`` is act(z) (tanh's derivative is 1 - value^2). With ``out`` the result is written
+# there (no allocation; out may be z itself for the derivative, after the value is taken);
+# without, the ops are out-of-place and differentiable. ``beta`` is softplus's sharpness
+# (ignored by relu and tanh).
+
+
+def _relu(z: torch.Tensor, beta: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.clamp_min(z, 0, out=out)
+
+
+def _relu_derivative(z, value, beta, out=None):
+    return torch.gt(z, 0).to(z.dtype) if out is None else torch.gt(z, 0, out=out)
+
+
+def _tanh(z, beta, out=None):
+    return torch.tanh(z, out=out)
+
+
+def _tanh_derivative(z, value, beta, out=None):
+    return torch.mul(value, value, out=out).neg_().add_(1)  # 1 - tanh(z)^2
+
+
+def _softplus(z, beta, out=None):  # log1p(exp(beta z)) / beta, z where beta z > SOFTPLUS_THRESHOLD
+    op = torch.ops.aten.softplus
+    return op(z, beta, SOFTPLUS_THRESHOLD) if out is None else op.out(z, beta, SOFTPLUS_THRESHOLD, out=out)
+
+
+def _softplus_derivative(z, value, beta, out=None):  # sigmoid(beta z)
+    return torch.sigmoid(z if beta == 1.0 else torch.mul(z, beta, out=out), out=out)
+
+
+class ActivationFunction(NamedTuple):
+    value: Callable
+    derivative: Callable
+    prescaled: bool  # the fast path evaluates it on u = beta z with beta 1 (softplus)
+
+
+ACTIVATION_FUNCTIONS = {
+    "relu": ActivationFunction(_relu, _relu_derivative, False),
+    "tanh": ActivationFunction(_tanh, _tanh_derivative, False),
+    "softplus": ActivationFunction(_softplus, _softplus_derivative, True),
+}
+ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
+
+
+def _function(name: str) -> ActivationFunction:
+    if name not in ACTIVATION_FUNCTIONS:
+        raise MemgenError(f"activation: unknown '{name}'; allowed: {', '.join(ACTIVATIONS)}")
+    return ACTIVATION_FUNCTIONS[name]
+
 
 @lru_cache(maxsize=None)
 def activation_constant(name: str, beta: float = 5.0) -> float:
-    """c such that E[(c * phi(z))^2] = 1, z ~ N(0, 1) (Gauss-Hermite, 200 nodes)."""
+    """c such that E[(c * act(z))^2] = 1, z ~ N(0, 1) (Gauss-Hermite, 200 nodes; act
+    evaluated by its torch definition in float64)."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(200)
-    z = nodes
-    phi = _numpy_act(name, beta)(z)
+    phi = _function(name).value(torch.from_numpy(nodes), float(beta)).numpy()
     second_moment = float(np.sum(weights * phi**2) / np.sqrt(2 * np.pi))
     return 1.0 / math.sqrt(second_moment)
 
 
-def _numpy_act(name: str, beta: float):
-    if name == "relu":
-        return lambda z: np.maximum(z, 0.0)
-    if name == "tanh":
-        return np.tanh
-    if name == "softplus":
-        return lambda z: np.logaddexp(0.0, beta * z) / beta
-    raise MemgenError(f"activation: unknown '{name}'; allowed: {', '.join(ACTIVATIONS)}")
-
-
 @dataclass(frozen=True)
 class Activation:
-    """phi(z) = c * act(z) and its derivative, on torch tensors."""
+    """phi(z) = c * act(z) and its derivative, on torch tensors; c = 1 unless ``normalize``
+    (then E[phi(z)^2] = 1 for z ~ N(0, 1), :func:`activation_constant`)."""
 
     name: str = "softplus"
     beta: float = 5.0
-    normalize: bool = True
+    normalize: bool = False
 
     def __post_init__(self):
-        if self.name not in ACTIVATIONS:
-            raise MemgenError(f"activation: unknown '{self.name}'; allowed: {', '.join(ACTIVATIONS)}")
+        _function(self.name)
         if self.name == "softplus" and not self.beta > 0:
             raise MemgenError(f"activation.beta: must be > 0, got {self.beta}")
 
@@ -73,53 +122,31 @@ class Activation:
     def c(self) -> float:
         return activation_constant(self.name, self.beta) if self.normalize else 1.0
 
+    @property
+    def function(self) -> ActivationFunction:
+        return ACTIVATION_FUNCTIONS[self.name]
+
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """phi(z) alone (differentiable; the same numbers as ``value_and_derivative(z)[0]``)."""
         c = self.c
-        if self.name == "relu":
-            return c * z.clamp_min(0)
-        if self.name == "tanh":
-            return c * torch.tanh(z)
-        value = F.softplus(z, beta=self.beta, threshold=SOFTPLUS_THRESHOLD)
-        if c != 1.0:
-            value.mul_(c)
-        return value
+        value = self.function.value(z, self.beta)
+        return value if c == 1.0 else value * c
 
     def value_and_derivative(self, z: torch.Tensor, consume: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(phi(z), phi'(z)); ``consume`` (outside autograd): phi'(z) is written over z."""
         if z.requires_grad and torch.is_grad_enabled():  # differentiable path
-            c = self.c
-            if self.name == "relu":
-                pos = z > 0
-                return c * z.clamp_min(0), c * pos.to(z.dtype)
-            if self.name == "tanh":
-                t = torch.tanh(z)
-                return c * t, c * (1 - t * t)
-            value = F.softplus(z, beta=self.beta, threshold=SOFTPLUS_THRESHOLD)
-            sig = torch.sigmoid(z * self.beta)
-            if c != 1.0:
-                value.mul_(c)
-                sig.mul_(c)
-            return value, sig
-        return self._into(z, torch.empty_like(z), z if consume else torch.empty_like(z))
+            c, fn = self.c, self.function
+            value = fn.value(z, self.beta)
+            deriv = fn.derivative(z, value, self.beta)
+            return (value, deriv) if c == 1.0 else (value * c, deriv * c)
+        return self.into(z, torch.empty_like(z), z if consume else torch.empty_like(z))
 
-    def _into(self, z: torch.Tensor, value: torch.Tensor, deriv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi(z) and phi'(z) written into ``value`` and ``deriv`` (no autograd, no allocation).
-
-        Same operations, hence the same numbers, as the differentiable path.
-        """
-        c = self.c
-        if self.name == "relu":
-            torch.clamp_min(z, 0, out=value)
-            torch.gt(z, 0, out=deriv)
-        elif self.name == "tanh":
-            torch.tanh(z, out=value)
-            torch.mul(value, value, out=deriv)
-            deriv.neg_().add_(1)  # 1 - t*t
-        else:
-            # softplus_beta(z) = log1p(exp(beta z)) / beta, derivative sigmoid(beta z)
-            torch.ops.aten.softplus.out(z, self.beta, SOFTPLUS_THRESHOLD, out=value)
-            torch.mul(z, self.beta, out=deriv).sigmoid_()
+    def into(self, z: torch.Tensor, value: torch.Tensor, deriv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi(z) and phi'(z) written into ``value`` and ``deriv`` (no autograd, no
+        allocation; ``deriv`` may be z). The same numbers as the differentiable path."""
+        fn, c = self.function, self.c
+        fn.value(z, self.beta, out=value)
+        fn.derivative(z, value, self.beta, out=deriv)
         if c != 1.0:
             value.mul_(c)
             deriv.mul_(c)
@@ -133,7 +160,7 @@ class FCSpec:
     L: int
     activation: str = "softplus"
     beta: float = 5.0
-    normalize: bool = True
+    normalize: bool = False
     bias: bool = False
     last_layer: str = "mean_field"
 
@@ -173,19 +200,41 @@ class FCSpec:
 
 
 class FC(nn.Module):
-    """Fully connected scalar-output network (see module docstring)."""
+    """Fully connected scalar-output network (see module docstring): ``activation`` is
+    the plain function (``"relu"`` = max(0, z)); ``normalize=True`` scales it so that
+    E[phi(z)^2] = 1."""
 
     def __init__(self, d: int, h: int, L: int, activation: str = "softplus", beta: float = 5.0,
-                 normalize: bool = True, bias: bool = False, last_layer: str = "mean_field",
+                 normalize: bool = False, bias: bool = False, last_layer: str = "mean_field",
                  seed: int | None = None, dtype: torch.dtype = torch.float64):
         super().__init__()
-        self.spec = FCSpec(d, h, L, activation, float(beta), normalize, bias, last_layer)
+        self._set_spec(FCSpec(d, h, L, activation, float(beta), normalize, bias, last_layer))
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         for name, shape in self.spec.shapes():
             init = torch.randn(shape, generator=gen, dtype=dtype) if name[0] == "W" else torch.zeros(shape, dtype=dtype)
             self.register_parameter(name, nn.Parameter(init))
-        self._act = self.spec.act
-        self._scales = self.spec.scales()
+
+    def _set_spec(self, spec: FCSpec) -> None:
+        self.spec = spec
+        self._act = spec.act
+        self._scales = spec.scales()
+
+    @classmethod
+    def from_flat(cls, spec: FCSpec, w: torch.Tensor) -> "FC":
+        """The FC of ``spec`` whose parameters are views into the flat vector ``w`` (P,)
+        (the order of :meth:`flat_parameters` and :class:`FlatFC`): no copy and no random
+        draw, so it costs nothing next to the network's use; writing to the parameters
+        writes into ``w``. Its dtype and device are w's."""
+        flat = FlatFC(spec)
+        if w.dim() != 1 or w.numel() != flat.numel:
+            raise MemgenError(f"FC.from_flat: w has shape {tuple(w.shape)}, the network {spec} needs ({flat.numel},)")
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net._set_spec(spec)
+        w = w.detach()
+        for name, part, shape in flat.slices:
+            net.register_parameter(name, nn.Parameter(w[part].view(shape)))
+        return net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) of shape (n,) for x of shape (n, d)."""
@@ -265,9 +314,10 @@ class FlatFC:
         return buf
 
     def _folding(self):
-        """(pre, m, c): u = pre * z is what the activation kernels see; a = m * a~, phi' = c * phi'~."""
+        """(pre, m, c): u = pre * z is what the activation's definition sees (softplus with
+        beta 1 on u = beta z, the same function); a = m * a~, phi' = c * phi'~."""
         c = self.act.c
-        if self.act.name == "softplus":
+        if self.act.function.prescaled:
             return self.act.beta, c / self.act.beta, c
         return 1.0, c, c
 
@@ -291,7 +341,8 @@ class FlatFC:
                     a = self.act(z)
             return a.reshape(-1), (layers, inputs, derivs)
         pre, m, _ = self._folding()
-        name = self.act.name
+        fn = self.act.function
+        beta_u = 1.0 if fn.prescaled else self.act.beta
         n = x.shape[0]
         for i, (W, B) in enumerate(layers):
             if keep:
@@ -304,22 +355,9 @@ class FlatFC:
             u = self._buffer(work, "u", shape, x)
             bias = u if B is None else (B if pre == 1.0 else B * pre)
             torch.addmm(bias, a, W.t(), beta=0.0 if B is None else 1.0, alpha=k * pre, out=u)  # u = pre z
-            value = self._buffer(work, ("a", i), shape, x)
-            if name == "softplus":  # log1p(exp(beta z)) = beta softplus_beta(z)
-                torch.ops.aten.softplus.out(u, 1.0, SOFTPLUS_THRESHOLD, out=value)
-            elif name == "relu":
-                torch.clamp_min(u, 0, out=value)
-            else:
-                torch.tanh(u, out=value)
+            value = fn.value(u, beta_u, out=self._buffer(work, ("a", i), shape, x))
             if keep:
-                deriv = self._buffer(work, ("d", i), shape, x)
-                if name == "softplus":
-                    torch.sigmoid(u, out=deriv)
-                elif name == "relu":
-                    torch.gt(u, 0, out=deriv)
-                else:
-                    torch.mul(value, value, out=deriv).neg_().add_(1)
-                derivs.append(deriv)
+                derivs.append(fn.derivative(u, value, beta_u, out=self._buffer(work, ("d", i), shape, x)))
             a = value
         return a.reshape(-1), (layers, inputs, derivs)
 

@@ -10,6 +10,8 @@ numpy float64 arrays.
 - :func:`two_layer_ode` / :func:`two_layer_ode_risk`: the rank-one (u, z) reduction of
   GD on a two-layer linear network ``f(x) = v^T W x`` (seed 004's ``dt, dzdt, dudt``),
   integrated with :func:`scipy.integrate.solve_ivp`.
+- :func:`linear_gd_group_curves` / :func:`two_layer_theory`: the per-group curves and
+  the two-layer network's ODE and lazy predictions the double-descent steps store.
 - :func:`modelwise_risk`: min-norm least squares on isotropic Gaussian features vs the
   ratio n/p (model-wise double descent, peak at n/p = 1).
 - :func:`gd_flow_risk_isotropic` / :func:`early_stopped_modelwise_risk`: the same
@@ -302,6 +304,39 @@ def linear_gd_weight_error(steps, s, theta, noise_std: float, n: int, lr, w0=Non
     lr = np.broadcast_to(_np(lr), (d,))
     ak = np.power(1.0 - lr * s2, k)  # 1 - lr s^2 < 0 (lr_i s_i^2 > 1) needs integer k
     return ak**2 * (theta - w0) ** 2 + (noise_std**2 / (n * s2)) * (1.0 - ak) ** 2
+
+
+def linear_gd_group_curves(steps, s, theta, noise_std: float, n: int, lr, sizes):
+    """Per group of features (``sizes = (d1, d2, ...)``, in order) the closed forms of
+    linear GD after k steps: returns (risk (K,) of :func:`linear_gd_risk`, excess-risk
+    contributions (K, G) ``sum_{i in g} s_i^2 E_i``, relative weight errors (K, G)
+    ``mean_{i in g} E_i / theta_i^2``) with E = :func:`linear_gd_weight_error` (K, d); the
+    contributions sum to the excess risk R - sigma^2."""
+    args = (steps, s, theta, noise_std, n, lr)
+    E = linear_gd_weight_error(*args)
+    s2, th2 = _np(s) ** 2, _np(theta) ** 2
+    bounds = np.cumsum([0] + [int(k) for k in sizes])
+    if bounds[-1] != E.shape[1]:
+        raise MemgenError(f"linear_gd_group_curves: sizes {tuple(sizes)} do not split d={E.shape[1]}")
+    groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    rel = E / th2
+    return (linear_gd_risk(*args), np.stack([(s2[g] * E[:, g]).sum(-1) for g in groups], axis=-1),
+            np.stack([rel[:, g].mean(-1) for g in groups], axis=-1))
+
+
+def two_layer_theory(steps, X, y, W0, v0, lr, init: str = "gaussian") -> tuple[np.ndarray, np.ndarray]:
+    """End-to-end weights (len(steps), d) that theory predicts for GD on the two-layer
+    linear network from (W0, v0) on the training set (X, y): the reduced (u, z) ODE
+    (:func:`two_layer_ode`, started on the growing mode of a ``"gaussian"`` init,
+    :func:`growing_mode_state`, or on the exact rank-one state otherwise,
+    :func:`rank_one_state`) and the linearised (lazy) network (:func:`lazy_two_layer`).
+    Returns (w_ode, w_lazy)."""
+    X, y = _np(X), _np(y)
+    n = X.shape[0]
+    A, b = X.T @ X / n, X.T @ y / n
+    u0, z0 = growing_mode_state(W0, v0, b) if init == "gaussian" else rank_one_state(W0, v0)
+    u, z = two_layer_ode(steps, A, b, u0, z0, lr)
+    return u[:, None] * z, lazy_two_layer(steps, A, b, W0, v0, lr)
 
 
 def lazy_two_layer(steps, A, b, W0, v0, lr=1.0) -> np.ndarray:

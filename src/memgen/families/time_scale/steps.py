@@ -79,7 +79,7 @@ def ntk(job) -> None:
             raise h5io.H5Error(f"{job.path('run')}: w_final has shape {w_final.shape}, the model needs "
                                f"({model.numel},)")
         w = torch.from_numpy(w_final).to(dev, dtype)
-    blocks = kernels.ntk_blocks(model, w, ds.x_train, ds.x_test, progress=job.progress)
+    blocks = kernels.empirical_ntk_blocks(FC.from_flat(model.spec, w), ds.x_train, ds.x_test, progress=job.progress)
     job.write(dict(zip(("K_train_train", "K_test_train", "K_test_test"), blocks)), seed=init_params["seed"])
 
 

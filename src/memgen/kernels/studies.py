@@ -1,0 +1,132 @@
+"""The kernels family's experiments (seeds 001 and 002), as library calls.
+
+- :func:`accuracy_comparison`: test accuracy of empirical-NTK regression, the NNGP
+  predictor, infinite-width NTK / NNGP regression and the network trained by GD;
+- :func:`convergence_errors`: how far the empirical NTK and NNGP of seeded FCs are from
+  the infinite-width kernels;
+- :func:`linearized_vs_gd`: GD on (1/2n) sum (f - y)^2 against the network linearized
+  at its initialisation (outputs and weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from memgen.dynamics import gd_mse, linearized_predictions, linearized_weights
+from memgen.kernels.empirical import empirical_ntk, empirical_ntk_blocks, model_vjp, relative_change
+from memgen.kernels.infinite import analytic_kernels
+from memgen.kernels.predictors import kernel_regression, last_hidden_features, nngp_predictor, ntk_regression
+from memgen.models import FC
+from memgen.progress import Progress, sublabel
+
+
+def sign_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of sign(pred) == y for labels +-1; NaN when a prediction is not finite."""
+    return float((torch.sign(pred) == y).to(torch.float64).mean()) if torch.isfinite(pred).all() else float("nan")
+
+
+def accuracy_comparison(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
+                        ridge_ntk: float, ridge_nngp: float, ridge_inf: float, lr: float, steps: int,
+                        progress: str | None = None) -> tuple[dict[str, float], bool]:
+    """Test accuracy (:func:`sign_accuracy`, labels +-1) of five predictors fitted on
+    (x, y): ``ntk`` (:func:`ntk_regression` with the FC's empirical NTK at init, ridge
+    ``ridge_ntk``), ``nngp`` (:func:`nngp_predictor`, ``ridge_nngp``), ``ntk_inf`` and
+    ``nngp_inf`` (kernel regression with :func:`analytic_kernels` of depth L,
+    ``ridge_inf``), and ``trained`` (the FC after ``steps`` GD steps of size ``lr`` on
+    (1/2n) sum (f - y)^2, :func:`memgen.dynamics.gd_mse`; NaN if GD diverged). Returns
+    (accuracies, diverged)."""
+    acc = {"ntk": sign_accuracy(ntk_regression(net, x, y, x_test, ridge_ntk), y_test),
+           "nngp": sign_accuracy(nngp_predictor(net, x, y, x_test, ridge_nngp)[1], y_test)}
+    L = net.spec.L
+    ktt_nngp, ktt_ntk = analytic_kernels(x, None, L)
+    kst_nngp, kst_ntk = analytic_kernels(x_test, x, L)
+    acc["ntk_inf"] = sign_accuracy(kernel_regression(ktt_ntk, kst_ntk, y, ridge_inf), y_test)
+    acc["nngp_inf"] = sign_accuracy(kernel_regression(ktt_nngp, kst_nngp, y, ridge_inf), y_test)
+    flat = net.flat()
+    w, _, diverged = gd_mse(flat, net.flat_parameters(), x, y, lr, steps, progress=progress)
+    with torch.no_grad():
+        acc["trained"] = float("nan") if diverged else sign_accuracy(flat.forward(w, x_test, keep=False)[0], y_test)
+    return acc, diverged
+
+
+def convergence_errors(model: dict, seeds, x: torch.Tensor, dtype: torch.dtype = torch.float64,
+                       progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Relative Frobenius errors ||K_h - K_inf|| / ||K_inf|| on the points x (n, d) of the
+    empirical NTK (:func:`empirical_ntk`) and the empirical NNGP a.a' (last hidden
+    features, :func:`last_hidden_features`) of ``FC(seed=s, **model)`` for each seed,
+    against the infinite-width kernels (:func:`analytic_kernels`, depth ``model["L"]``).
+    Returns (ntk_err, nngp_err), each (len(seeds),)."""
+    nngp_inf, ntk_inf = analytic_kernels(x, None, model["L"])
+    ntk_err, nngp_err = [], []
+    bar = Progress(progress, len(seeds), unit="seed", message=f"h={model['h']}, {len(x)} points")
+    for k, seed in enumerate(seeds):
+        net = FC(seed=seed, dtype=dtype, **model).to(x.device)
+        ntk_err.append(relative_change(ntk_inf, empirical_ntk(net, x)))
+        a = last_hidden_features(net, x)
+        nngp_err.append(relative_change(nngp_inf, a @ a.t()))
+        bar.update(k + 1, f"seed {seed}: NTK error {ntk_err[-1]:.3g}")
+    bar.finish()
+    return np.array(ntk_err), np.array(nngp_err)
+
+
+@dataclass
+class LinearizedComparison:
+    """GD of a network against its linearization at init, at the recorded steps (K of
+    them): ``step`` (K,), ``t`` = step * lr, train/test losses of both (``loss_*``,
+    ``lin_loss_*``), ``w_dist`` = ||w_lin - w||, ``w_move`` = ||w - w0||, ``f_dist_train`` =
+    ||f_lin - f|| / ||f - y|| and ``f_dist_test`` = ||f_lin - f|| / ||f|| on the test set;
+    ``diverged``: GD stopped at a non-finite output (the arrays end there)."""
+
+    step: np.ndarray
+    t: np.ndarray
+    loss_train: np.ndarray
+    loss_test: np.ndarray
+    lin_loss_train: np.ndarray
+    lin_loss_test: np.ndarray
+    w_dist: np.ndarray
+    w_move: np.ndarray
+    f_dist_train: np.ndarray
+    f_dist_test: np.ndarray
+    diverged: bool
+
+
+def linearized_vs_gd(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                     lr: float, steps: int, record, progress: str | None = None) -> LinearizedComparison:
+    """GD on (1/2n) sum (f - y)^2 from the FC's parameters w0 and the same GD on its
+    linearization f_lin(w) = f(w0) + J (w - w0) (seed 001): the linearized outputs
+    (:func:`memgen.dynamics.linearized_predictions`, discrete) and weights
+    (:func:`memgen.dynamics.linearized_weights`, from vector-Jacobian products) from the
+    NTK at init, compared with GD (:func:`memgen.dynamics.gd_mse`) at the steps in
+    ``record`` (sorted, unique)."""
+    flat, w0 = net.flat(), net.flat_parameters()
+    Ktt, Kst, _ = empirical_ntk_blocks(net, x, x_test, progress=sublabel(progress, "ntk"))
+    with torch.no_grad():
+        f0, f0t = flat.forward(w0, x, keep=False)[0], flat.forward(w0, x_test, keep=False)[0]
+    t = torch.as_tensor(record, dtype=w0.dtype)
+    Ftr, Fte = linearized_predictions(Ktt, Kst, f0, f0t, y, t, lr=lr, continuous=False)
+    vjp = model_vjp(net, x)
+    rows = {k: [] for k in ("loss_train", "loss_test", "w_dist", "w_move", "f_dist_train", "f_dist_test")}
+    index = {int(s): i for i, s in enumerate(record)}
+
+    def on_record(k, w, f):
+        i = index[k]
+        ft = flat.forward(w, x_test, keep=False)[0]
+        w_lin = linearized_weights(w0, vjp, Ktt, f0, y, t[i:i + 1], lr=lr, continuous=False)[0]
+        rows["loss_train"].append(float(((f - y) ** 2).mean() / 2))
+        rows["loss_test"].append(float(((ft - y_test) ** 2).mean() / 2))
+        rows["w_dist"].append(float((w_lin - w).norm()))
+        rows["w_move"].append(float((w - w0).norm()))
+        rows["f_dist_train"].append(float((Ftr[i] - f).norm() / (f - y).norm().clamp_min(1e-300)))
+        rows["f_dist_test"].append(float((Fte[i] - ft).norm() / ft.norm().clamp_min(1e-300)))
+
+    with torch.no_grad():
+        _, _, diverged = gd_mse(flat, w0, x, y, lr, steps, record, on_record, progress=progress)
+    m = len(rows["loss_train"])
+    record = np.asarray(record)
+    return LinearizedComparison(
+        step=record[:m], t=record[:m] * lr, lin_loss_train=(((Ftr[:m] - y) ** 2).mean(1) / 2).cpu().numpy(),
+        lin_loss_test=(((Fte[:m] - y_test) ** 2).mean(1) / 2).cpu().numpy(), diverged=diverged,
+        **{k: np.array(v) for k, v in rows.items()})
