@@ -4,6 +4,8 @@
   (training, Gram matrices, frozen-kernel runs) carries gpu=1 and no light rule carries
   a gpu resource. Uses profiles/slurm when the executor plugin is installed (a dry run
   contacts no SLURM daemon), else profiles/default: the tags come from the workflow.
+- every job of that dry run (resources as Snakemake merged them) through the plugin's
+  own sbatch builder: GPU jobs --gpus + --cpus-per-gpu, others --cpus-per-task = threads.
 - `python -m memgen plan` counts the same jobs per rule as the dry run, every family,
   for config/test.yaml and config/paper.yaml; each family's HEAVY_RULES (plan's GPU
   hint) are exactly its rules that carry gpu=1 in the paper dry run.
@@ -25,6 +27,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, copy_workflow
+from slurm.check_jobs import logged_jobs  # (also run by tests/slurm/run_local_slurm.sh)
+
 HAS_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
 HEAVY = {"ts_train", "ts_ntk_init", "ts_ntk_final", "ts_frozen"}
 LIGHT = {"ts_dataset", "ts_init", "ts_summary", "ts_figure"}
@@ -70,7 +74,8 @@ def _job_stats(out: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory) -> str:
     work = _copy_workflow(tmp_path_factory.mktemp("paper"))
-    return _dry_run(work, "--configfile", "config/paper.yaml")
+    # --cores 64: a dry run caps threads at --cores (a cluster run does not)
+    return _dry_run(work, "--configfile", "config/paper.yaml", "--cores", "64")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,29 @@ def test_gpu_tags_on_heavy_rules_only(paper_dry_run):
     for rule in LIGHT:
         for line in res[rule]:
             assert "gpu" not in line, (rule, line)
+
+
+@pytest.mark.skipif(not HAS_PLUGIN, reason="snakemake-executor-plugin-slurm not installed")
+def test_paper_jobs_reach_sbatch_as_declared(paper_dry_run):
+    """Every job of the paper dry run (resources merged by Snakemake itself) through the
+    plugin's submit-command builder: GPU jobs --gpus + --cpus-per-gpu, others
+    --cpus-per-task = threads; memory and time limit as declared."""
+    from test_slurm_submit import sbatch_flags
+
+    jobs = [(j.rule, j.threads, j.resources) for j in logged_jobs(paper_dry_run) if not j.local]
+    gpu_rules = {rule for rule, _, res in jobs if res.get("gpu")}
+    assert HEAVY <= gpu_rules and not LIGHT & gpu_rules, sorted(gpu_rules)
+    for rule, threads, res in jobs:
+        flags = sbatch_flags(res, threads)
+        cpus = {k: v for k, v in flags.items() if k.startswith("--cpus-per-")}
+        if res.get("gpu"):
+            assert flags.get("--gpus") == str(res["gpu"]), (rule, flags)
+            assert cpus == {"--cpus-per-gpu": str(res["cpus_per_gpu"])}, (rule, flags)
+            assert res["gpu"] * res["cpus_per_gpu"] >= threads, (rule, threads, res)
+        else:
+            assert cpus == {"--cpus-per-task": str(threads)}, (rule, flags)
+            assert "--gpus" not in flags and "--gres" not in flags, (rule, flags)
+        assert flags.get("--mem") == str(res["mem_mb"]) and flags.get("-t") == str(res["runtime"]), (rule, flags)
 
 
 @pytest.mark.parametrize("name", ["paper", "test"])
