@@ -7,6 +7,8 @@
   installed (a dry run contacts no SLURM daemon), else profiles/default: the requests
   come from the workflow.
 - `python -m memgen plan` prints jobs and hours (its jobs are the dry run's).
+- every job of that dry run (resources as Snakemake merged them) through the plugin's
+  own sbatch builder: GPU jobs --gpus + --cpus-per-gpu, others --cpus-per-task = threads.
 - profiles/slurm takes partition / account from the environment or the site file.
 - The real thing, on a one-node SLURM started on this machine
   (tests/slurm/run_local_slurm.sh: needs root, installs SLURM packages): only with
@@ -25,6 +27,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, copy_workflow
+from slurm.check_jobs import logged_jobs  # (also run by tests/slurm/run_local_slurm.sh)
+
 HAS_PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MEMGEN_SLURM_", "SNAKEMAKE_PROFILE"))}
 
@@ -62,7 +66,8 @@ def _resources_by_rule(out: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory) -> str:
     work = _copy_workflow(tmp_path_factory.mktemp("paper"))
-    return _dry_run(work, "--configfile", "config/paper.yaml")
+    # --cores 64: a dry run caps threads at --cores (a cluster run does not)
+    return _dry_run(work, "--configfile", "config/paper.yaml", "--cores", "64")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,28 @@ def _gpu_jobs(dry_run: str) -> dict[str, dict[str, set]]:
             assert job.resources["gpu"] == "1" and int(job.resources["cpus_per_gpu"]) >= 1, (job.rule, job.resources)
         out.setdefault(family_of[job.rule], {"gpu": set(), "cpu": set()})[kind].add(job.rule)
     return out
+
+
+@pytest.mark.skipif(not HAS_PLUGIN, reason="snakemake-executor-plugin-slurm not installed")
+def test_paper_jobs_reach_sbatch_as_declared(paper_dry_run):
+    """Every job of the paper dry run (resources merged by Snakemake itself) through the
+    plugin's submit-command builder: GPU jobs --gpus + --cpus-per-gpu, others
+    --cpus-per-task = threads; memory and time limit as declared."""
+    from test_slurm_submit import sbatch_flags
+
+    jobs = [(j.rule, j.threads, j.resources) for j in logged_jobs(paper_dry_run) if not j.local]
+    assert {rule for rule, _, res in jobs if res.get("gpu")}  # (which ones: the test above)
+    for rule, threads, res in jobs:
+        flags = sbatch_flags(res, threads)
+        cpus = {k: v for k, v in flags.items() if k.startswith("--cpus-per-")}
+        if res.get("gpu"):
+            assert flags.get("--gpus") == str(res["gpu"]), (rule, flags)
+            assert cpus == {"--cpus-per-gpu": str(res["cpus_per_gpu"])}, (rule, flags)
+            assert res["gpu"] * res["cpus_per_gpu"] >= threads, (rule, threads, res)
+        else:
+            assert cpus == {"--cpus-per-task": str(threads)}, (rule, flags)
+            assert "--gpus" not in flags and "--gres" not in flags, (rule, flags)
+        assert flags.get("--mem") == str(res["mem_mb"]) and flags.get("-t") == str(res["runtime"]), (rule, flags)
 
 
 def test_gpus_requested_exactly_by_the_steps_that_compute_on_the_device(paper_dry_run):

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.style  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from memgen import MemgenError  # noqa: E402
@@ -23,38 +24,12 @@ from memgen import MemgenError  # noqa: E402
 WIDTH = 3.4  # inches, one column
 WIDE = 6.8  # inches, two columns
 HEIGHT = 2.5
-DPI = 200
 
-RC = {
-    "font.family": "serif",
-    "font.serif": ["STIXGeneral", "DejaVu Serif"],
-    "mathtext.fontset": "stix",
-    "font.size": 8,
-    "axes.labelsize": 9,
-    "axes.titlesize": 8,
-    "legend.fontsize": 6.5,
-    "legend.frameon": False,
-    "legend.handlelength": 1.6,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "xtick.direction": "in",
-    "ytick.direction": "in",
-    "xtick.top": True,
-    "ytick.right": True,
-    "axes.linewidth": 0.6,
-    "lines.linewidth": 1.0,
-    "lines.markersize": 3.5,
-    "errorbar.capsize": 1.5,
-    "figure.dpi": 100,
-    "savefig.dpi": DPI,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.02,
-    "figure.constrained_layout.use": True,
-    "pdf.fonttype": 42,  # embed TrueType: text stays selectable/editable
-    "svg.fonttype": "path",
-    "svg.hashsalt": "memgen",  # stable element ids -> identical SVG bytes on reruns
-    "path.simplify": False,
-}
+# The rc settings live in a matplotlib style file shipped with the package (also usable
+# on its own: plt.style.use(STYLE)); RC is what it sets.
+STYLE = Path(__file__).with_name("paper.mplstyle")
+RC = dict(matplotlib.rc_params_from_file(STYLE, use_default_template=False))
+DPI = int(RC["savefig.dpi"])
 
 CMAP = "viridis"
 MARKERS = ("o", "s", "^", "D", "v", "p", "<", ">")
@@ -66,8 +41,8 @@ _METADATA = {"pdf": {"CreationDate": None, "ModDate": None}, "svg": {"Date": Non
 
 @contextlib.contextmanager
 def paper_style():
-    """Apply the house rc settings inside the block."""
-    with matplotlib.rc_context(RC):
+    """Apply the house style (``paper.mplstyle``) inside the block."""
+    with matplotlib.style.context(str(STYLE)):
         yield
 
 
