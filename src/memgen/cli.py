@@ -73,6 +73,12 @@ def _job(step, args):
         params = json.loads(args.params)
     except json.JSONDecodeError as exc:
         raise MemgenError(f"--params: not valid JSON ({exc})") from None
+    if step.device and args.device != "cpu":
+        from memgen import gpu_slots
+
+        slots = gpu_slots.from_env()  # a local machine with several GPUs: one of its own
+        if slots is not None:
+            gpu_slots.acquire_gpu(*slots)  # (before torch sees CUDA_VISIBLE_DEVICES)
     device = resolve_device(args.device) if step.device else "cpu"
     stem = output.stem if isinstance(output, Path) else step.name
     return Job(step, inputs, output, params, device=device, progress=f"{step.name} {stem}",
