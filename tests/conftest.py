@@ -73,6 +73,14 @@ def gauss_expect(fn):
     return sum(integrate.quad(dens, a, b, epsabs=1e-13, epsrel=1e-12)[0] for a, b in ((-np.inf, 0), (0, np.inf)))
 
 
+def generic_ntk(model, x1, x2=None, block=256, **kw):
+    """The generic (torch.func) NTK path of memgen.kernels with a given block size."""
+    from memgen.kernels.generic import generic_gram_blocks
+
+    xs, pairs = ([x1], [(0, 0)]) if x2 is None else ([x1, x2], [(0, 1)])
+    return generic_gram_blocks(model, xs, pairs, block=block, **kw)[0]
+
+
 def random_spd(n, seed, low=1.0, high=8.0):
     """Random SPD matrix with eigenvalues spread in [low, high]."""
     rng = np.random.default_rng(seed)

@@ -2,20 +2,15 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import generic_ntk
 from memgen.kernels import empirical_ntk, empirical_ntk_blocks
-from memgen.kernels.generic import generic_gram_blocks
 from memgen.models import FC
 
 
-def generic_ntk(model, x1, x2=None, block=256):
-    """The generic path with a given block size."""
-    return generic_gram_blocks(model, [x1] if x2 is None else [x1, x2], [(0, 0)] if x2 is None else [(0, 1)],
-                               block=block)[0]
-
-
 def loop_ntk(model, x1, x2):
-    """J1 J2^T from one autograd backward pass per example."""
-    params = [p for p in model.parameters()]
+    """J1 J2^T from one autograd backward pass per example, over the parameters with
+    requires_grad."""
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def jac(x):
         rows = []
@@ -77,17 +72,6 @@ def test_generic_ntk_conv_net_matches_loop():
     assert eig.min() >= -1e-10 * eig.max()
 
 
-def trained_loop_ntk(model, x1, x2):
-    """J1 J2^T over the parameters with requires_grad only, one backward pass per example."""
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def jac(x):
-        rows = [torch.autograd.grad(model(xi.unsqueeze(0)).sum(), params) for xi in x]
-        return torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in rows])
-
-    return jac(x1) @ jac(x2).t()
-
-
 def _sequential():
     torch.manual_seed(5)
     return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 1)).double()
@@ -123,11 +107,11 @@ def test_empirical_ntk_differentiates_trained_parameters_only(case, path):
         if name in names:
             p.requires_grad_(False)
     K11, K21 = empirical_ntk(model, x1, path=path), empirical_ntk(model, x2, x1, path=path)
-    _close(K11, trained_loop_ntk(model, x1, x1))
-    _close(K21, trained_loop_ntk(model, x2, x1))
+    _close(K11, loop_ntk(model, x1, x1))
+    _close(K21, loop_ntk(model, x2, x1))
     assert float((full - K11).abs().max()) > 1e-3 * float(full.abs().max())  # freezing changed the kernel
     Ktt, Kst, Kss = empirical_ntk_blocks(model, x1, x2, path=path)
-    _close(Ktt, K11), _close(Kst, K21), _close(Kss, trained_loop_ntk(model, x2, x2))
+    _close(Ktt, K11), _close(Kst, K21), _close(Kss, loop_ntk(model, x2, x2))
 
 
 @pytest.mark.parametrize("path", ["auto", "generic"])
@@ -142,4 +126,4 @@ def test_generic_ntk_of_a_conv_net_with_a_frozen_layer():
     model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Tanh(), nn.Flatten(1), nn.Linear(3 * 6, 1)).double()
     model[0].weight.requires_grad_(False)
     x = torch.randn(6, 2, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    _close(empirical_ntk(model, x), trained_loop_ntk(model, x, x))
+    _close(empirical_ntk(model, x), loop_ntk(model, x, x))

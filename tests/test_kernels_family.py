@@ -11,6 +11,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import nn
 
+from conftest import generic_ntk
 from memgen import MemgenError, data
 from memgen.dynamics import linearized_predictions, linearized_weights
 from memgen.kernels import (
@@ -22,18 +23,11 @@ from memgen.kernels import (
     nngp_predictor,
 )
 from memgen.kernels import gemm
-from memgen.kernels.generic import generic_gram_blocks
 from memgen.kernels.gram import SYMMETRIC_LEAF, gram_entries, symmetric_tiles
 from memgen.kernels.structured import sequential_chain
 from memgen.models import FC
 
 DT = torch.float64
-
-
-def generic_ntk(model, x1, x2=None, block=256, **kw):
-    """The generic path with a given block size."""
-    return generic_gram_blocks(model, [x1] if x2 is None else [x1, x2], [(0, 0)] if x2 is None else [(0, 1)],
-                               block=block, **kw)[0]
 
 
 def jacobian_loop(model, x):
