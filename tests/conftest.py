@@ -49,20 +49,24 @@ def step_params(step: str, block: dict, **wildcards) -> dict:
     return job_params(declared(step), block, wc)
 
 
-def run_step(step: str, inputs: dict, output, params: dict, *extra: str) -> int:
-    """``python -m memgen STEP --input NAME PATH ... --output OUT --params JSON`` in
-    process (``output`` a path, or a dict NAME -> path for a step with several; an input
-    may be a list of paths); the CLI installs its SIGTERM handler (save a resume point):
-    pytest's is restored afterwards."""
-    from memgen.cli import main
-
+def step_argv(step: str, inputs: dict, output, params: dict, *extra: str) -> list[str]:
+    """The arguments of ``python -m memgen STEP`` (``output`` a path, or a dict NAME ->
+    path for a step with several; an input may be a list of paths)."""
     args = [step]
     for name, path in inputs.items():
         args += ["--input", name, *map(str, path if isinstance(path, (list, tuple)) else [path])]
     outs = [f"{k}={v}" for k, v in output.items()] if isinstance(output, dict) else [str(output)]
+    return args + ["--output", *outs, "--params", json.dumps(params), "--device", "cpu", *extra]
+
+
+def run_step(step: str, inputs: dict, output, params: dict, *extra: str) -> int:
+    """``python -m memgen STEP ...`` (:func:`step_argv`) in process; the CLI installs its
+    SIGTERM handler (save a resume point): pytest's is restored afterwards."""
+    from memgen.cli import main
+
     old = signal.getsignal(signal.SIGTERM)
     try:
-        return main(args + ["--output", *outs, "--params", json.dumps(params), "--device", "cpu", *extra])
+        return main(step_argv(step, inputs, output, params, *extra))
     finally:
         signal.signal(signal.SIGTERM, old)
 

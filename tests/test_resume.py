@@ -1,4 +1,5 @@
-"""Preemption safety of `python -m memgen ts_train`: a run killed mid-way (SIGKILL, or
+"""Preemption safety of the long steps (`ts_train`, and `kn_convergence`, `cv_loo`,
+`dd_two_layer` through memgen.resume): a run killed mid-way (SIGKILL, or
 SIGTERM as SLURM sends on preemption / time limit / scancel) leaves no final output
 but a resume file; the same command started again resumes from it and ends with
 arrays identical (np.array_equal on every dataset) to an uninterrupted run.
@@ -153,3 +154,67 @@ def test_sigterm_outside_the_training_loop_exits_at_once(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 143
     assert time.monotonic() - t0 < 10
+
+
+# ---------------------------------------------------------------- the other long steps
+
+
+def _prepare(step: str, tmp_path: Path):
+    """(inputs, params) of a small job of ``step``, its inputs built in process."""
+    from conftest import config_block, run_step, step_params
+
+    if step == "kn_convergence":
+        kb = config_block("kernels", convergence__seeds=[0, 1, 2, 3], convergence__widths=[64, 128])
+        ds = tmp_path / "digits.h5"
+        assert run_step("kn_dataset", {}, ds, step_params("kn_dataset", kb, ds="digits")) == 0
+        return {"dataset": ds}, step_params(step, kb, h=64), 2
+    if step == "dd_two_layer":
+        dd = config_block("double_descent", two_layer__steps=3000)
+        return {}, step_params(step, dd, init="small"), 1000
+    cv = config_block("curvature", influence__n_top=4, influence__n_random=2)
+    files = {"dataset": tmp_path / "digits.h5", "train": tmp_path / "train.h5", "influence": tmp_path / "inf.h5"}
+    wc = {"cv_model": "mlp"}
+    assert run_step("cv_digits", {}, files["dataset"], step_params("cv_digits", cv)) == 0
+    assert run_step("cv_train", {"dataset": files["dataset"]}, files["train"], step_params("cv_train", cv, **wc)) == 0
+    assert run_step("cv_influence", {k: files[k] for k in ("dataset", "train")}, files["influence"],
+                    step_params("cv_influence", cv, **wc)) == 0
+    return files, step_params(step, cv, **wc), 3
+
+
+@pytest.mark.parametrize("step, sig", [("kn_convergence", signal.SIGKILL), ("cv_loo", signal.SIGKILL),
+                                       ("dd_two_layer", signal.SIGKILL), ("dd_two_layer", signal.SIGTERM)])
+def test_long_steps_resume_to_identical_arrays(step, sig, tmp_path):
+    """Killed after a few seeds / retrainings / GD steps (SIGKILL, or SIGTERM as SLURM
+    sends it: the step saves a resume point and exits 143), the same command continues
+    from the resume file to the arrays of an uninterrupted run."""
+    from conftest import step_argv
+
+    inputs, params, at = _prepare(step, tmp_path)
+    ref, out = tmp_path / "reference.h5", tmp_path / "run.h5"
+    argv = lambda o: [sys.executable, "-m", "memgen", *step_argv(step, inputs, o, params, "--threads", "1",  # noqa: E731
+                                                                 "--resume-every-s", "1e9")]
+    subprocess.run(argv(ref), check=True, capture_output=True, timeout=600)
+    resume, pause = Path(f"{out}.resume"), tmp_path / "paused"
+    env = {**os.environ, "MEMGEN_PAUSE_AT": f"{step}:{at}", "MEMGEN_PAUSE_FILE": str(pause)}
+    proc = subprocess.Popen(argv(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not pause.exists():
+        assert proc.poll() is None, "the step ended before its pause point"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)  # ok-clock: polls for the pause file, the trigger is the step's own count
+    proc.send_signal(sig)
+    killed, _ = proc.communicate(timeout=120)
+    assert not out.exists() and resume.exists()
+    with h5py.File(resume) as f:
+        saved = int(f.attrs["count"])
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL and saved == at
+    else:  # the handler's save: after the unit it was in
+        assert proc.returncode == 143 and saved == at + 1, killed
+        assert f"terminated by SIGTERM; saved {resume} at {at + 1} done" in killed
+    done = subprocess.run(argv(out), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resuming from {resume} at {saved} done" in done.stdout + done.stderr
+    assert out.exists() and not resume.exists()
+    x, y = _arrays(ref), _arrays(out)
+    assert sorted(x) == sorted(y) and all(np.array_equal(x[k], y[k], equal_nan=True) for k in x)

@@ -277,6 +277,14 @@ class Job:
         """Where a resumable step keeps its resume point (next to its output)."""
         return Path(f"{self.output}.resume")
 
+    def resume_point(self):
+        """A :class:`memgen.resume.ResumePoint` for this job's long loop (a context
+        manager; inactive unless the step is declared ``resumable``)."""
+        from memgen.resume import ResumePoint
+
+        return ResumePoint(self.resume_path if self.step.resumable else None, self.params, self.resume_every_s,
+                           self.progress)
+
     def torch_device(self):
         import torch
 

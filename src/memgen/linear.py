@@ -231,7 +231,7 @@ def two_layer_init(d: int, p: int, init: str = "gaussian", scale=0.1, seed: int 
 
 def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 50,
                     init: str = "gaussian", scale=0.1, seed: int = 0, W0=None, v0=None,
-                    progress: str | None = None) -> TwoLayerRun:
+                    progress: str | None = None, resume=None) -> TwoLayerRun:
     """Full-batch GD on ``L(W, v) = 1/(2n) sum_k (y_k - v^T W x_k)^2``.
 
     With ``g = X^T (y - X w) / n`` and ``w = W^T v``, one step is
@@ -239,6 +239,8 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
     ``lr``: one step size or (lr_W, lr_v). Initial layers from :func:`two_layer_init`
     unless ``W0``, ``v0`` are given. Risk is the exact population risk of ``W^T v``.
     ``progress``: label of progress lines (memgen.progress) on stderr; None: silent.
+    ``resume``: a :class:`memgen.resume.ResumePoint`: the run continues from its saved
+    (step, W, v) and saves one as it goes (GD is deterministic: the same arrays).
     """
     X, y = _t(X), _t(y)
     n, d = X.shape
@@ -249,8 +251,14 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
     A, b = _normal_equations(X, y)
     yy = float(y @ y) / n
     ws = torch.empty(steps + 1, d, dtype=DTYPE)
-    bar = Progress(progress, steps, unit="step", message=f"n={n} d={d} p={W.shape[0]}")
-    for k in range(steps + 1):
+    saved = resume.load() if resume is not None else None
+    start = 0
+    if saved is not None:
+        start = saved["count"]
+        W, v = torch.from_numpy(saved["W"]), torch.from_numpy(saved["v"])
+        ws[:start] = torch.from_numpy(saved["ws"])
+    bar = Progress(progress, steps, unit="step", initial=start, message=f"n={n} d={d} p={W.shape[0]}")
+    for k in range(start, steps + 1):
         w = W.T @ v
         ws[k] = w
         if k == steps:
@@ -258,6 +266,8 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
         g = b - A @ w
         W, v = W + lr_W * torch.outer(v, g), v + lr_v * (W @ g)
         bar.update(k + 1)
+        if resume is not None:  # k + 1 steps done: W, v are the state at step k + 1
+            resume.checkpoint(k + 1, lambda: {"W": W.numpy(), "v": v.numpy(), "ws": ws[:k + 1].numpy()})
     bar.finish(steps)
     risk = population_risk(ws, s, theta, noise_std)
     # 1/(2n)||Xw - y||^2 = (w^T A w - 2 b^T w + y^T y / n) / 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,29 +18,44 @@ from memgen.progress import Progress
 
 def leave_one_out(model: nn.Module, loss_fn, train_x: torch.Tensor, train_y: torch.Tensor,
                   test_x: torch.Tensor, test_y: torch.Tensor, indices: Sequence[int], l2: float = 0.0,
-                  progress: str | None = None, **fit_options) -> tuple[torch.Tensor, list[dict]]:
+                  progress: str | None = None, resume=None, **fit_options) -> tuple[torch.Tensor, list[dict]]:
     """Actual L_test(w_{-i}) - L_test(w) for each i in ``indices``: retrain (:func:`fit`,
     warm-started from the model's parameters w, assumed optimal for all n points) on the
     n - 1 other points with the same mean-loss + (l2/2)||w||^2 objective.
 
     The model's parameters are restored afterwards. ``progress``: label of progress lines
-    (one per retraining) on stderr; None: silent. Returns (changes (k,), fit infos).
+    (one per retraining) on stderr; None: silent. ``resume``: a
+    :class:`memgen.resume.ResumePoint`; the retrainings already done are taken from it
+    and a resume point is saved after each (every retraining starts from w, so the rest
+    does not depend on when the run was cut). Returns (changes (k,), fit infos).
     """
     w = flat_params(model)
     with torch.no_grad():
         base = float(_batch_loss(model, loss_fn, test_x, test_y))
     keep = torch.ones(train_x.shape[0], dtype=torch.bool)
-    out, infos = [], []
-    bar = Progress(progress, len(indices), unit="retrain", message=f"leave-one-out retrainings of {len(keep)} points")
+    saved = resume.load() if resume is not None else None
+    out = [float(v) for v in saved["change"]] if saved else []
+    infos = [{"grad_norm": float(g), "iterations": int(i), "loss": float(v)}
+             for g, i, v in zip(saved["grad_norm"], saved["iterations"], saved["loss"])] if saved else []
+    bar = Progress(progress, len(indices), unit="retrain", initial=len(out),
+                   message=f"leave-one-out retrainings of {len(keep)} points")
+
+    def state():
+        return {"change": np.array(out), **{k: np.array([f[k] for f in infos]) for k in ("grad_norm", "iterations",
+                                                                                       "loss")}}
+
     try:
-        for k, i in enumerate(indices):
+        for k in range(len(out), len(indices)):
+            i = int(indices[k])
             keep[:] = True
-            keep[int(i)] = False
+            keep[i] = False
             set_flat_params(model, w)
             infos.append(fit(model, loss_fn, train_x[keep], train_y[keep], l2=l2, **fit_options))
             with torch.no_grad():
                 out.append(float(_batch_loss(model, loss_fn, test_x, test_y)) - base)
-            bar.update(k + 1, f"point {int(i)}: change {out[-1]:.4g}, ||grad R|| {infos[-1]['grad_norm']:.2g}")
+            bar.update(k + 1, f"point {i}: change {out[-1]:.4g}, ||grad R|| {infos[-1]['grad_norm']:.2g}")
+            if resume is not None:
+                resume.checkpoint(k + 1, state)
     finally:
         set_flat_params(model, w)
     bar.finish()

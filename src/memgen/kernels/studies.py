@@ -53,21 +53,27 @@ def accuracy_comparison(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch
 
 
 def convergence_errors(model: dict, seeds, x: torch.Tensor, dtype: torch.dtype = torch.float64,
-                       progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       progress: str | None = None, resume=None) -> tuple[np.ndarray, np.ndarray]:
     """Relative Frobenius errors ||K_h - K_inf|| / ||K_inf|| on the points x (n, d) of the
     empirical NTK (:func:`empirical_ntk`) and the empirical NNGP a.a' (last hidden
     features, :func:`last_hidden_features`) of ``FC(seed=s, **model)`` for each seed,
     against the infinite-width kernels (:func:`analytic_kernels`, depth ``model["L"]``).
-    Returns (ntk_err, nngp_err), each (len(seeds),)."""
+    ``resume``: a :class:`memgen.resume.ResumePoint`; the seeds already done are taken
+    from it and a resume point is saved after each seed. Returns (ntk_err, nngp_err),
+    each (len(seeds),)."""
     nngp_inf, ntk_inf = analytic_kernels(x, None, model["L"])
-    ntk_err, nngp_err = [], []
-    bar = Progress(progress, len(seeds), unit="seed", message=f"h={model['h']}, {len(x)} points")
-    for k, seed in enumerate(seeds):
-        net = FC(seed=seed, dtype=dtype, **model).to(x.device)
+    saved = resume.load() if resume is not None else None
+    ntk_err = [float(e) for e in saved["ntk_err"]] if saved else []
+    nngp_err = [float(e) for e in saved["nngp_err"]] if saved else []
+    bar = Progress(progress, len(seeds), unit="seed", initial=len(ntk_err), message=f"h={model['h']}, {len(x)} points")
+    for k in range(len(ntk_err), len(seeds)):
+        net = FC(seed=seeds[k], dtype=dtype, **model).to(x.device)
         ntk_err.append(relative_change(ntk_inf, empirical_ntk(net, x)))
         a = last_hidden_features(net, x)
         nngp_err.append(relative_change(nngp_inf, a @ a.t()))
-        bar.update(k + 1, f"seed {seed}: NTK error {ntk_err[-1]:.3g}")
+        bar.update(k + 1, f"seed {seeds[k]}: NTK error {ntk_err[-1]:.3g}")
+        if resume is not None:
+            resume.checkpoint(k + 1, lambda: {"ntk_err": np.array(ntk_err), "nngp_err": np.array(nngp_err)})
     bar.finish()
     return np.array(ntk_err), np.array(nngp_err)
 

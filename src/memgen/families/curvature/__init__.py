@@ -38,7 +38,7 @@ INFLUENCE = Step("cv_influence", "steps:influence", "data/curvature/influence/{c
 LOO = Step("cv_loo", "steps:loo", "data/curvature/loo/{cv_model}.h5", P.loo,
            inputs={"dataset": DIGITS, "train": TRAIN, "influence": INFLUENCE},
            writes={"selected": K, "actual": K, "predicted": K, "selected_top": K, "grad_norm": K, "iterations": K},
-           attrs=("test_index", "max_grad_norm"), heavy=True, cost=Cost(seconds=15.4))
+           attrs=("test_index", "max_grad_norm"), heavy=True, resumable=True, cost=Cost(seconds=15.4))
 SOLVERS = Step("cv_solvers", "steps:solvers", "data/curvature/solvers/{cv_model}.h5", P.solvers,
                inputs={"dataset": DIGITS, "train": TRAIN, "influence": INFLUENCE},
                writes={"method_code": ("r",), "hvps": ("r",), "rel_error": ("r",), "reference": ("P",)},

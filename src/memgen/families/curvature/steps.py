@@ -126,13 +126,15 @@ def loo(job) -> None:
     inf = job.read("influence", ("predicted", "selected", "selected_top"))
     ti = int(inf.attrs["test_index"])
     sel = inf["selected"]
-    actual, infos = cv.leave_one_out(model, cv.logistic_loss, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], sel,
-                                     l2=p["train"]["l2"], progress=job.progress, **p["fit"])
+    with job.resume_point() as resume:  # after each retraining
+        actual, infos = cv.leave_one_out(model, cv.logistic_loss, xtr, ytr, xte[ti:ti + 1], yte[ti:ti + 1], sel,
+                                         l2=p["train"]["l2"], progress=job.progress, resume=resume, **p["fit"])
     grad_norms = [i["grad_norm"] for i in infos]
     job.write({"selected": sel, "actual": actual, "predicted": inf["predicted"][sel],
                "selected_top": inf["selected_top"], "grad_norm": np.asarray(grad_norms),
                "iterations": np.asarray([i["iterations"] for i in infos])},
               attrs={"test_index": ti, "max_grad_norm": float(max(grad_norms, default=0.0))})
+    resume.done()
 
 
 def solvers(job) -> None:

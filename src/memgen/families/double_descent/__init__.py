@@ -28,7 +28,7 @@ TWO_LAYER = Step("dd_two_layer", "steps:two_layer", "data/runs/double_descent/tw
                  writes={"step": K, "risk": K, "loss": K, "w": ("K", "d"), "werr": T2, "X": ("n", "d"), "y": ("n",),
                          "W0": ("p", "d"), "v0": ("p",), "W": ("p", "d"), "v": ("p",), "s": ("d",), "theta": ("d",),
                          **{f"jac_{k}_{w}": ("J",) for k in ("sv", "share") for w in ("init", "final")}},
-                 attrs=("diverged",), heavy=True, cost=Cost(seconds=13.0))
+                 attrs=("diverged",), heavy=True, resumable=True, cost=Cost(seconds=13.0))
 THEORY_TWO_LAYER = Step("dd_theory_two_layer", "steps:theory_two_layer",
                         "data/theory/double_descent/two_layer_{init}.h5", inputs={"run": TWO_LAYER},
                         writes={"step": K, **{f"{k}_{m}": shape for m in ("ode", "lazy")

@@ -75,9 +75,10 @@ def two_layer(job) -> None:
     with _one_blas_thread():
         X, y = linear.linear_teacher(d["n"], len(s), s, theta, d["noise_std"], seed=params["data_seed"],
                                      decoupled=d["decoupled"])
-        run = linear.train_two_layer(X, y, s, theta, d["noise_std"], params["steps"], params["lr"],
-                                     p=params["hidden"], init=params["init"], scale=params["scale"],
-                                     seed=params["init_seed"], progress=progress)
+        with job.resume_point() as resume:  # GD state (W, v) every resources.resume_every_s
+            run = linear.train_two_layer(X, y, s, theta, d["noise_std"], params["steps"], params["lr"],
+                                         p=params["hidden"], init=params["init"], scale=params["scale"],
+                                         seed=params["init_seed"], progress=progress, resume=resume)
         sv0, share0, sv1, share1, diverged = linear.jacobian_spectra(X, run)  # NaN after a divergence
     k = torch.from_numpy(linear.logged_steps(params["steps"], params["n_logged"]))
     w = run.w[k]
@@ -86,6 +87,7 @@ def two_layer(job) -> None:
               "X": X, "y": y, "W0": run.W0, "v0": run.v0, "W": run.W, "v": run.v, "s": s, "theta": theta,
               "jac_sv_init": sv0, "jac_share_init": share0, "jac_sv_final": sv1, "jac_share_final": share1}
     job.write(arrays, seed=params["init_seed"], attrs={"diverged": bool(diverged)})
+    resume.done()
 
 
 def theory_two_layer(job) -> None:

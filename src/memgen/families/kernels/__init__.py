@@ -22,7 +22,7 @@ ACCURACY = Step("kn_accuracy", "steps:accuracy", "data/runs/kernels/accuracy/{ds
                 device=True, heavy=True, cost=Cost(seconds=12.4))
 CONVERGENCE = Step("kn_convergence", "steps:convergence", "data/kernels/kernels/convergence/h~{h}.h5", P.convergence,
                    inputs={"dataset": DIGITS}, writes={"ntk_rel_err": ("s",), "nngp_rel_err": ("s",), "seeds": ("s",)},
-                   device=True, heavy=True, cost=Cost(seconds=3.2))
+                   device=True, heavy=True, resumable=True, cost=Cost(seconds=3.2))
 LINEARIZED = Step("kn_linearized", "steps:linearized", "data/runs/kernels/linearized/h~{h}.h5", P.linearized,
                   inputs={"dataset": DIGITS}, writes={k: ("c",) for k in P.LIN_KEYS}, attrs=("diverged",),
                   device=True, heavy=True, cost=Cost(seconds=15.0))

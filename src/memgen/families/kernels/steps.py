@@ -47,10 +47,12 @@ def convergence(job) -> None:
     (memgen.kernels.studies.convergence_errors)."""
     p = job.params
     x = next(_kernels_data(job, p["n_points"]))
-    ntk_err, nngp_err = studies.convergence_errors(p["model"], p["seeds"], x, DTYPES[p["dtype"]],
-                                                   progress=job.progress)
+    with job.resume_point() as resume:  # after each seed
+        ntk_err, nngp_err = studies.convergence_errors(p["model"], p["seeds"], x, DTYPES[p["dtype"]],
+                                                       progress=job.progress, resume=resume)
     job.write({"ntk_rel_err": ntk_err, "nngp_rel_err": nngp_err, "seeds": np.array(p["seeds"], dtype=np.int64)},
               seed=p["seeds"][0])
+    resume.done()
 
 
 def linearized(job) -> None:
