@@ -25,11 +25,14 @@ def registry() -> dict[str, Family]:
     return out
 
 
+def _lookup(table: dict, name: str, what: str):
+    if name not in table:
+        raise MemgenError(f"unknown {what} '{name}'; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
 def family(name: str) -> Family:
-    fams = registry()
-    if name not in fams:
-        raise MemgenError(f"unknown experiment family '{name}'; known: {', '.join(fams)}")
-    return fams[name]
+    return _lookup(registry(), name, "experiment family")
 
 
 def steps() -> dict[str, Step]:
@@ -44,7 +47,4 @@ def steps() -> dict[str, Step]:
 
 
 def step(name: str) -> Step:
-    all_steps = steps()
-    if name not in all_steps:
-        raise MemgenError(f"unknown step '{name}'; known: {', '.join(sorted(all_steps))}")
-    return all_steps[name]
+    return _lookup(steps(), name, "step")

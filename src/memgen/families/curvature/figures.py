@@ -89,7 +89,8 @@ def _lissa_study(paths: pd.DataFrame, toy: pd.DataFrame, study: str, key: str, l
     return fig
 
 
-@figure(paths=["study", "scale", "damping", "step", "x1", "x2", "diverged"], toy=["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max", "steps"])
+@figure(paths=["study", "scale", "damping", "step", "x1", "x2", "diverged"],
+        toy=["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max", "steps"])
 def lissa_scale(paths: pd.DataFrame, toy: pd.DataFrame, options: dict):
     """LiSSA iterates on the seed's two-dimensional quadratic toy, one series per scale
     (damping 0): path in the (x1, x2) plane and distance to the exact solution vs
@@ -97,7 +98,8 @@ def lissa_scale(paths: pd.DataFrame, toy: pd.DataFrame, options: dict):
     return _lissa_study(paths, toy, "scale", "scale", lambda r: f"$s = {r['scale']:g}$", options)
 
 
-@figure(paths=["study", "scale", "damping", "step", "x1", "x2", "diverged"], toy=["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max"])
+@figure(paths=["study", "scale", "damping", "step", "x1", "x2", "diverged"],
+        toy=["kind", "scale", "damping", "exact_x1", "exact_x2", "diverged", "lambda_max"])
 def lissa_damping(paths: pd.DataFrame, toy: pd.DataFrame, options: dict):
     """The same for several dampings at one scale: each converges to its own (H +
     damping I)^-1 v (stars), away from the undamped solution."""
@@ -147,7 +149,8 @@ def solver_accuracy(solvers: pd.DataFrame, options: dict):
 # ---------------------------------------------------------------- influence vs retraining
 
 
-@figure(influence=["model", "selection", "predicted", "actual"], models=["model", "pearson_r", "test_index", "test_digit", "damping"])
+@figure(influence=["model", "selection", "predicted", "actual"],
+        models=["model", "pearson_r", "test_index", "test_digit", "damping"])
 def influence_vs_loo(influence: pd.DataFrame, models: pd.DataFrame, options: dict):
     """Predicted (influence function) vs actual (leave-one-out retraining) change of the
     test loss on removing each training point, per model, with Pearson's R (Koh & Liang,

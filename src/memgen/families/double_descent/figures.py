@@ -132,7 +132,8 @@ def two_layer_risk(two_layer: pd.DataFrame, options: dict):
     return fig
 
 
-@figure(epochwise=["schedule", "step", "werr_fast_mean", "werr_fast_q10", "werr_fast_q90", "werr_slow_mean", "werr_slow_q10", "werr_slow_q90", "werr_fast_theory", "werr_slow_theory"], two_layer=["init", "scale", "step", "werr_fast", "werr_slow", "werr_fast_ode", "werr_slow_ode"])
+@figure(epochwise=["schedule", "step", "werr_fast_mean", "werr_fast_q10", "werr_fast_q90", "werr_slow_mean", "werr_slow_q10", "werr_slow_q90", "werr_fast_theory", "werr_slow_theory"],
+        two_layer=["init", "scale", "step", "werr_fast", "werr_slow", "werr_fast_ode", "werr_slow_ode"])
 def weight_error(epochwise: pd.DataFrame, two_layer: pd.DataFrame, options: dict):
     """Mean over each feature group of ((w_i - theta_i) / theta_i)^2 vs step: (a) linear
     gradient descent, (b) the two-layer network from the small init."""
