@@ -51,9 +51,11 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    """The whole DAG, 2 cores: up to 2 jobs at once (1 thread each, resources.threads)."""
+    """The whole DAG, 2 cores: up to 2 jobs at once (1 thread each, resources.threads),
+    every job recording the memgen functions it runs (MEMGEN_TRACE_CODE, for the code-hash
+    audit; the rerun from scratch without it checks that recording changes nothing)."""
     work = _scratch(tmp_path_factory, "workflow")
-    _snakemake(work)
+    _snakemake(work, env={"MEMGEN_TRACE_CODE": str(work / "trace")})
     return work
 
 
@@ -124,16 +126,15 @@ def test_comment_or_docstring_edit_makes_nothing_stale(built, tmp_path):
     assert "Nothing to be done" in out, out[-3000:]
 
 
-def test_every_function_a_step_runs_is_in_its_code_hash(built, tmp_path):
-    """The run-time audit of the static closures: the DAG's jobs re-run with
-    MEMGEN_TRACE_CODE (memgen.codetrace) record every memgen function they enter; each
+def test_every_function_a_step_runs_is_in_its_code_hash(built):
+    """The run-time audit of the static closures: the DAG's jobs, run with
+    MEMGEN_TRACE_CODE (memgen.codetrace), record every memgen function they enter; each
     lies in the step's closure (a module it hashes, or a hashed top-level name of its own
     module), or in an output-neutral module."""
     from memgen.families import steps
     from memgen.provenance import _is_neutral, _tree, code_closure, module_file
 
-    trace = tmp_path / "trace"
-    _snakemake(built, "--forceall", env={"MEMGEN_TRACE_CODE": str(trace)})
+    trace = built / "trace"
     seen = {}
     for path in trace.glob("*.json"):
         step = path.name.split(".")[0]
