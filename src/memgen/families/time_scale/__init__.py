@@ -71,7 +71,8 @@ FROZEN = Step("ts_frozen", "steps:kernel_train", f"data/runs/time_scale_frozen/{
               inputs={"dataset": DATASET, "ntk": NTK_INIT}, writes=_run_writes({"c_final": ("n_train",)}),
               attrs=RUN_ATTRS, device=True, heavy=True, cost=Cost("kernel_train", _kernel_train_work))
 SUMMARY = Step("ts_summary", "summary:summary",
-               {"table": "data/summary/time_scale.csv", "curves": "data/summary/time_scale_curves.csv"},
+               {"table": "data/summary/time_scale.csv", "curves": "data/summary/time_scale_curves.csv",
+                "phase": "data/summary/time_scale_phase.csv"},
                inputs={"runs": Each(TRAIN, P.points), "ntk_init": Each(NTK_INIT, P.points),
                        "ntk_final": Each(NTK_FINAL, P.points), "frozen": Each(FROZEN, P.frozen_points)})
 

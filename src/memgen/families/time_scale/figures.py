@@ -12,6 +12,7 @@ last-layer scaling or loss normalization land on the same axes.
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -170,4 +171,107 @@ def memorization_time(table: pd.DataFrame, options: dict):
     _note_if_empty(ax, n, "finite time")
     ax.set(xscale="log", yscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"time $t$")
     ax.legend(handles, labels)
+    return fig
+
+
+# ---------------------------------------------------------------- phase diagram
+
+
+def _strip_edges(v: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted positive values, at geometric midpoints (a log axis)."""
+    lv = np.log(v)
+    mid = (lv[1:] + lv[:-1]) / 2
+    step = np.diff(lv).mean() if len(v) > 1 else np.log(10) / 2
+    return np.exp(np.concatenate([[lv[0] - step / 2], mid, [lv[-1] + step / 2]]))
+
+
+def _heat(ax, table: pd.DataFrame, col: str, norm, cmap):
+    """Seed means of ``col`` as cells over (alpha_article, h), one strip per width."""
+    means = table.groupby(["h", "alpha_article"])[col].mean().reset_index()
+    hs = np.array(sorted(means["h"].unique()), dtype=float)
+    h_edges = _strip_edges(hs)
+    for i, h in enumerate(hs):
+        row = means[means["h"] == h].sort_values("alpha_article")
+        x = row["alpha_article"].to_numpy(float)
+        ax.pcolormesh(_strip_edges(x), h_edges[i:i + 2], row[col].to_numpy(float)[None, :], norm=norm, cmap=cmap,
+                      shading="flat")
+    return h_edges
+
+
+def _crossover(ax, phase: pd.DataFrame, h_edges) -> None:
+    """alpha*(h) with its range over seeds, and the fitted power law."""
+    ok = phase[np.isfinite(phase["alpha_star"])]
+    if len(ok):
+        err = np.vstack([ok["alpha_star"] - ok["alpha_star_min"], ok["alpha_star_max"] - ok["alpha_star"]])
+        ax.errorbar(ok["alpha_star"], ok["h"], xerr=err, fmt="o", color="white", mec="k", ms=4, elinewidth=0.8,
+                    ecolor="k", label=r"$\alpha^*(h)$")
+    a, c = float(phase["exponent"].iloc[0]), float(phase["prefactor"].iloc[0])
+    if np.isfinite(a) and np.isfinite(c):
+        h = np.geomspace(h_edges[0], h_edges[-1], 50)
+        lo, hi = float(phase["exponent_lo"].iloc[0]), float(phase["exponent_hi"].iloc[0])
+        ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
+        ax.plot(c * h ** (-a), h, "--", color="k", lw=1.0, label=rf"$\alpha^*\propto h^{{-{a:.2f}}}${ci}")
+    if len(ok):  # the paper's exponent through the smallest width's crossover
+        h0, a0 = float(ok["h"].iloc[0]), float(ok["alpha_star"].iloc[0])
+        h = np.geomspace(h_edges[0], h_edges[-1], 50)
+        ax.plot(a0 * (h / h0) ** (-0.5), h, ":", color="0.4", lw=0.8, label=r"$h^{-1/2}$")
+
+
+@figure(table=["alpha_article", "h", "seed", "test_err", "ntk_rel_change", "diverged"],
+        phase=["h", "alpha_star", "alpha_star_min", "alpha_star_max", "exponent", "exponent_lo", "exponent_hi",
+               "prefactor"])
+def phase_diagram(table: pd.DataFrame, phase: pd.DataFrame, options: dict):
+    """The lazy/feature phase diagram over (alpha, h), alpha in the article's convention:
+    left, the test error; right, the relative change of the NTK ||Theta_T - Theta_0|| /
+    ||Theta_0|| (log colour scale), seed means. Circles: the crossover alpha*(h), where
+    the kernel change falls through 1 (range over seeds); dashed: the fitted power law
+    alpha* ~ h^(-a) with the 95% interval of a; dotted: the paper's h^(-1/2) through the
+    smallest width's crossover."""
+    ok = table[~table["diverged"]]
+    fig, (left, right) = style.figure(ncols=2, sharey=True)
+    err_norm = matplotlib.colors.Normalize(vmin=0, vmax=max(0.5, float(ok["test_err"].max())))
+    change = ok["ntk_rel_change"].replace([np.inf, -np.inf], np.nan)
+    pos = change[change > 0]
+    ch_norm = style.log_norm(pos if len(pos) else [1.0])
+    h_edges = _heat(left, ok, "test_err", err_norm, style.CMAP)
+    _heat(right, ok.assign(ntk_rel_change=change.where(change > 0)), "ntk_rel_change", ch_norm, style.CMAP)
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=err_norm, cmap=style.CMAP), ax=left, pad=0.02,
+                 fraction=0.05).set_label(r"test error $\epsilon$")
+    style.colorbar(fig, right, ch_norm, r"$\|\Theta_T-\Theta_0\|/\|\Theta_0\|$")
+    for ax in (left, right):
+        _crossover(ax, phase, h_edges)
+        ax.set(xscale="log", yscale="log", xlabel=r"$\alpha$ (article)")
+    left.set_ylabel(r"width $h$")
+    widths = sorted(ok["h"].unique())
+    left.set_yticks(widths, [str(int(h)) for h in widths])
+    left.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    handles, labels = right.get_legend_handles_labels()
+    if handles:
+        right.legend(handles, labels, loc="lower left", fontsize=5.5, frameon=True)
+    return fig
+
+
+@figure(table=["sqrt_h_alpha", "h", "seed", "test_err", "ntk_rel_change", "diverged"],
+        phase=["h", "sqrt_h_alpha_star", "level"])
+def phase_collapse(table: pd.DataFrame, phase: pd.DataFrame, options: dict):
+    """Test error (left) and relative NTK change (right) vs sqrt(h) alpha for every
+    width (seed mean, min-max bars): widths collapse on one curve. Dotted verticals: each
+    width's crossover sqrt(h) alpha*, where the kernel change crosses the dashed level 1."""
+    fig, (left, right) = style.figure(ncols=2, sharex=True)
+    ok = _ok(table)
+    n = 0
+    for h, st, rows in _widths(ok):
+        n += _points(left, rows, "sqrt_h_alpha", "test_err", st, f"$h={h}$")
+        _points(right, rows, "sqrt_h_alpha", "ntk_rel_change", st, f"$h={h}$", log_y=True)
+        star = phase.loc[phase["h"] == h, "sqrt_h_alpha_star"]
+        if len(star) and np.isfinite(float(star.iloc[0])):
+            for ax in (left, right):
+                ax.axvline(float(star.iloc[0]), ls=":", lw=0.8, color=st["color"])
+    _note_if_empty(left, n, "run")
+    right.axhline(float(phase["level"].iloc[0]) if len(phase) else 1.0, ls="--", lw=0.8, color="0.3")
+    left.set(xscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"test error $\epsilon$")
+    left.set_ylim(bottom=0)
+    right.set(xscale="log", yscale="log", xlabel=SQRT_H_ALPHA, ylabel=r"$\|\Theta_T-\Theta_0\|/\|\Theta_0\|$")
+    if n:
+        left.legend()
     return fig

@@ -16,6 +16,9 @@ import numpy as np
 import pandas as pd
 
 from memgen.families.time_scale.params import article_units
+from memgen.scaling import crossing, power_law
+
+CROSSOVER_LEVEL = 1.0  # alpha*: where ||Theta_T - Theta_0|| / ||Theta_0|| falls through 1
 
 RUN_KEYS = tuple(f"trajectory/{k}" for k in ("step", "t", "loss", "train_err", "test_err", "dnorm"))
 
@@ -86,3 +89,31 @@ def summary(job) -> None:
     table = pd.DataFrame(rows).sort_values(["h", "seed", "alpha"]).reset_index(drop=True)
     job.write_csv("table", table)
     job.write_csv("curves", pd.concat(curves, ignore_index=True))
+    job.write_csv("phase", phase_table(table))
+
+
+def phase_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The lazy/feature crossover per width: alpha* (article convention) where the
+    relative NTK change of each seed's runs falls through CROSSOVER_LEVEL, interpolated
+    log-log in alpha (memgen.scaling.crossing; NaN when it does not cross inside the
+    sweep), its geometric mean and range over seeds, sqrt(h) alpha*, and the power law
+    alpha* ~ h^(-a) fitted to every (h, seed) crossing with a 95% interval on a (the same
+    on every row; the paper: a = 1/2)."""
+    stars = []
+    for (h, seed), g in table[~table["diverged"]].groupby(["h", "seed"]):
+        stars.append({"h": int(h), "seed": int(seed),
+                      "alpha_star": crossing(g["alpha_article"], g["ntk_rel_change"], CROSSOVER_LEVEL)})
+    stars = pd.DataFrame(stars, columns=["h", "seed", "alpha_star"])
+    fit = power_law(stars["h"], stars["alpha_star"])
+    rows = []
+    for h, g in stars.groupby("h"):
+        a = g["alpha_star"].to_numpy(float)
+        a = a[np.isfinite(a)]
+        mean = float(np.exp(np.log(a).mean())) if len(a) else math.nan
+        rows.append({"h": int(h), "seeds": len(g), "crossed": len(a), "alpha_star": mean,
+                     "alpha_star_min": float(a.min()) if len(a) else math.nan,
+                     "alpha_star_max": float(a.max()) if len(a) else math.nan,
+                     "sqrt_h_alpha_star": math.sqrt(h) * mean, "level": CROSSOVER_LEVEL,
+                     "exponent": fit.exponent, "exponent_lo": fit.exponent_lo, "exponent_hi": fit.exponent_hi,
+                     "prefactor": fit.prefactor, "fit_points": fit.points})
+    return pd.DataFrame(rows)
