@@ -225,7 +225,7 @@ def operator(fn: str, name: str, f: Callable, like: torch.Tensor) -> Callable[[t
             raise fail(fn, f"the output of {name}", describe(out), f"a tensor of {P} entries (the size of its input)")
         out = out.reshape(u.shape)
         if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(u).all()):
-            raise fail(fn, f"the output of {name}", f"non-finite (NaN or inf) for a finite input",
+            raise fail(fn, f"the output of {name}", "non-finite (NaN or inf) for a finite input",
                        "finite values (is the Hessian or the loss finite at this point?)")
         return out if out.dtype == dtype else out.to(dtype)
 
@@ -259,3 +259,16 @@ def layers(fn: str, W, v, d: int | None = None, names: tuple[str, str] = ("W", "
     """The layers of a two-layer linear network f(x) = v^T W x: W finite (p, d), v (p,)."""
     W = array(fn, names[0], W, (None, d))
     return W, array(fn, names[1], v, (W.shape[0],))
+
+
+def rows(fn: str, name: str, x, width: int | None = None, *, dtype: torch.dtype | None = None,
+         finite: bool = False, matrix: bool = False) -> torch.Tensor:
+    """Examples in rows: a float tensor (n, ...) (``matrix``: exactly (n, d)), n >= 1, each
+    row of ``width`` entries when given (else at least one), finite if ``finite``;
+    converted to ``dtype``."""
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 2 or (matrix and x.dim() != 2) or \
+            len(x) == 0 or x[0].numel() != (width or max(x[0].numel(), 1)):
+        feats = f"{width} features" if width else "d >= 1 features"
+        raise fail(fn, name, describe(x), f"a float tensor ({'n, d' if matrix else 'n, ...'}): n >= 1 examples in rows, "
+                   f"{feats} each" + ("" if x is None or torch.is_tensor(x) and x.dim() >= 2 else " (one example: x[None])"))
+    return tensor(fn, name, x, finite=finite, dtype=dtype)

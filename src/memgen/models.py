@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memgen import MemgenError
+from memgen import MemgenError, contracts
 
 # softplus(u) = u for u = beta z > 30: log1p(exp(-30)) ~ 1e-13 is below float64 rounding of
 # u, and exp(beta z) can no longer overflow (it does past beta z ~ 709 without a cutoff).
@@ -97,7 +97,8 @@ def _function(name: str) -> ActivationFunction:
 @lru_cache(maxsize=None)
 def activation_constant(name: str, beta: float = 5.0) -> float:
     """c such that E[(c * act(z))^2] = 1, z ~ N(0, 1) (Gauss-Hermite, 200 nodes; act
-    evaluated by its torch definition in float64)."""
+    evaluated by its torch definition in float64). ``beta`` finite > 0."""
+    contracts.number("activation_constant", "beta", beta, lo=0, lo_open=True)
     nodes, weights = np.polynomial.hermite_e.hermegauss(200)
     phi = _function(name).value(torch.from_numpy(nodes), float(beta)).numpy()
     second_moment = float(np.sum(weights * phi**2) / np.sqrt(2 * np.pi))
@@ -115,8 +116,8 @@ class Activation:
 
     def __post_init__(self):
         _function(self.name)
-        if self.name == "softplus" and not self.beta > 0:
-            raise MemgenError(f"activation.beta: must be > 0, got {self.beta}")
+        if self.name == "softplus" and not (isinstance(self.beta, (int, float)) and 0 < self.beta < math.inf):
+            raise MemgenError(f"activation.beta: must be a finite number > 0, got {self.beta}")
 
     @property
     def c(self) -> float:
@@ -166,7 +167,8 @@ class FCSpec:
 
     def __post_init__(self):
         for key in ("d", "h", "L"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MemgenError(f"model.{key}: must be a positive integer, got {getattr(self, key)!r}")
         if self.last_layer not in LAST_LAYERS:
             raise MemgenError(f"model.last_layer: unknown '{self.last_layer}'; allowed: {', '.join(LAST_LAYERS)}")
@@ -202,14 +204,16 @@ class FCSpec:
 class FC(nn.Module):
     """Fully connected scalar-output network (see module docstring): ``activation`` is
     the plain function (``"relu"`` = max(0, z)); ``normalize=True`` scales it so that
-    E[phi(z)^2] = 1."""
+    E[phi(z)^2] = 1. Contract: d, h, L integers >= 1, ``dtype`` float32 or float64, ``seed``
+    None or an integer; ``forward`` takes x (n, d), converted to the parameters' dtype."""
 
     def __init__(self, d: int, h: int, L: int, activation: str = "softplus", beta: float = 5.0,
                  normalize: bool = False, bias: bool = False, last_layer: str = "mean_field",
                  seed: int | None = None, dtype: torch.dtype = torch.float64):
         super().__init__()
-        self._set_spec(FCSpec(d, h, L, activation, float(beta), normalize, bias, last_layer))
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        contracts.choice("FC", "dtype", dtype, contracts.FLOAT_DTYPES)
+        self._set_spec(FCSpec(d, h, L, activation, contracts.number("FC", "beta", beta), normalize, bias, last_layer))
+        gen = torch.Generator().manual_seed(contracts.integer("FC", "seed", seed)) if seed is not None else None
         for name, shape in self.spec.shapes():
             init = torch.randn(shape, generator=gen, dtype=dtype) if name[0] == "W" else torch.zeros(shape, dtype=dtype)
             self.register_parameter(name, nn.Parameter(init))
@@ -226,6 +230,7 @@ class FC(nn.Module):
         draw, so it costs nothing next to the network's use; writing to the parameters
         writes into ``w``. Its dtype and device are w's."""
         flat = FlatFC(spec)
+        contracts.tensor("FC.from_flat", "w", w, nonempty=False)
         if w.dim() != 1 or w.numel() != flat.numel:
             raise MemgenError(f"FC.from_flat: w has shape {tuple(w.shape)}, the network {spec} needs ({flat.numel},)")
         net = cls.__new__(cls)
@@ -238,6 +243,7 @@ class FC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) of shape (n,) for x of shape (n, d)."""
+        x = contracts.rows("FC.forward", "x", x, self.spec.d, dtype=self.W0.dtype, matrix=True)
         L = self.spec.L
         for i in range(L + 1):
             x = x @ getattr(self, f"W{i}").t() * self._scales[i]
@@ -259,6 +265,8 @@ class FC(nn.Module):
                 for i in range(self.spec.L + 1)]
 
     def load_flat(self, w: torch.Tensor) -> "FC":
+        """Copy a flat (P,) vector (the order of :meth:`flat_parameters`) into the parameters."""
+        contracts.tensor("FC.load_flat", "w", w, shape=(sum(p.numel() for p in self.parameters()),), finite=True)
         with torch.no_grad():
             torch.nn.utils.vector_to_parameters(w, self.parameters())
         return self
@@ -269,10 +277,13 @@ class FlatFC:
 
     ``forward(w, x)`` returns f (n,) and a cache; ``vjp(cache, g)`` returns the flat
     gradient of ``sum_i g_i f(x_i)`` with respect to ``w`` (hand-written backward, one
-    matrix product per layer, no autograd graph).
+    matrix product per layer, no autograd graph). Contract (shapes only: the training
+    loop's path): w (P,), x (n, d) (converted to w's dtype), g (n,).
     """
 
     def __init__(self, spec: FCSpec):
+        if not isinstance(spec, FCSpec):
+            raise contracts.fail("FlatFC", "spec", contracts.describe(spec), "an FCSpec")
         self.spec = spec
         self.act = spec.act
         self.scales = spec.scales()
@@ -291,10 +302,15 @@ class FlatFC:
 
     def forward(self, w: torch.Tensor, x: torch.Tensor, keep: bool = True):
         """f(x) (n,), and a cache of inputs / activation derivatives for :meth:`vjp`."""
-        return self._forward(w, x, keep, None)
+        if not torch.is_tensor(w) or w.shape != (self.numel,):
+            raise contracts.fail("FlatFC.forward", "w", contracts.describe(w), f"shape ({self.numel},) (the network's P)")
+        return self._forward(w, contracts.rows("FlatFC.forward", "x", x, self.spec.d, dtype=w.dtype, matrix=True), keep, None)
 
     def vjp(self, cache, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Flat gradient of sum_i g_i f(x_i); written into ``out`` if given."""
+        n = len(cache[1][0]) if cache[1] else None  # None: the cache of forward(keep=False)
+        if n is None or not torch.is_tensor(g) or g.numel() != n:
+            raise contracts.fail("FlatFC.vjp", "g", contracts.describe(g), f"{n} entries (a forward(keep=True) cache)")
         return self._vjp(cache, g, out, None)
 
     # Internals. ``work`` None: the plain computation above. ``work`` a dict: the trainer's

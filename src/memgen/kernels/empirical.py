@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from memgen import MemgenError
-from memgen.contracts import describe, fail, integer, module_dtype, tensor
+from memgen.contracts import describe, fail, integer, module_dtype, rows, tensor
 from memgen.kernels.generic import generic_gram_blocks
 from memgen.kernels.gram import DEFAULT_MEMORY_BUDGET
 from memgen.kernels.structured import structured_blocks, structured_chain, structured_gram
@@ -40,11 +40,7 @@ def _inputs(caller: str, model: nn.Module, chain, memory_budget, **xs):
         if x is None:
             out.append(None)
             continue
-        x = tensor(caller, name, x, finite=True, dtype=dtype)
-        if x.dim() < 2 or (width is not None and x[0].numel() != width):
-            raise fail(caller, name, describe(x), f"(n, {width if width is not None else 'd'}): n examples in rows"
-                       + (f" of {width} features (the model's input)" if width is not None else ""))
-        out.append(x)
+        out.append(rows(caller, name, x, width, dtype=dtype, finite=True))
     return out
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from memgen import MemgenError
-from memgen.contracts import describe, fail, integer, tensor
+from memgen.contracts import integer, rows
 
 ANALYTIC_ACTIVATIONS = ("relu", "relu_normalized")
 
@@ -69,11 +69,5 @@ def analytic_kernels(x1: torch.Tensor, x2: torch.Tensor | None = None, depth: in
 
 def _points(name: str, x, dtype, width) -> torch.Tensor:
     """x (n, ...) as (n, d) rows, checked (see analytic_kernels)."""
-    x = tensor("analytic_kernels", name, x, finite=True, dtype=dtype, nonempty=False)
-    if x.dim() < 2:
-        raise fail("analytic_kernels", name, describe(x), "(n, d): n points in rows (a single point: x[None])")
-    flat = x.reshape(len(x), x[0].numel() if len(x) else 0)
-    if len(flat) == 0 or flat.shape[1] == 0 or (width is not None and flat.shape[1] != width):
-        raise fail("analytic_kernels", name, describe(x), f"(n, {width or 'd'}): n >= 1 points of "
-                   + (f"{width} features (those of x1)" if width else "d >= 1 features"))
-    return flat
+    x = rows("analytic_kernels", name, x, width, dtype=dtype, finite=True)
+    return x.reshape(len(x), -1)
