@@ -221,8 +221,10 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
     import pickle
     from pathlib import Path
 
+    n_train, n_test = c.integer("cifar2", "n_train", n_train, lo=1), c.integer("cifar2", "n_test", n_test, lo=0)
+    seed = c.integer("cifar2", "seed", seed)
+    missing = cifar_missing(root)  # checks root too
     base = Path(root)
-    missing = cifar_missing(root)
     if missing:
         raise MemgenError(
             f"cifar2: missing {', '.join(str(base / f) for f in missing)}; expected the CIFAR-10 python "

@@ -20,7 +20,7 @@ def regularized_loss(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor
     """R(w) = loss_fn(model(x), y) + (l2/2) ||w||^2 (all trainable parameters): the
     objective :func:`influence_on_test_loss` assumes. Contract: the module contract of
     :mod:`memgen.curvature.modules` for the batch (x, y); ``l2`` >= 0."""
-    ((x, y),), _, _ = _sizes("regularized_loss", model, loss_fn, [(x, y)])
+    ((x, y),), _, _ = _sizes("regularized_loss", model, loss_fn, [(x, y)], ("x", "y"))
     l2 = number("regularized_loss", "l2", l2, lo=0)
     out = _batch_loss(model, loss_fn, x, y)
     if l2:
@@ -43,7 +43,7 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
     ``l2`` >= 0, ``method`` "newton" or "lbfgs", ``tol`` >= 0, ``max_iter`` >= 1.
     Returns {"grad_norm", "iterations", "loss"}.
     """
-    ((x, y),), _, _ = _sizes("fit", model, loss_fn, [(x, y)])
+    ((x, y),), _, _ = _sizes("fit", model, loss_fn, [(x, y)], ("x", "y"))
     l2, tol = number("fit", "l2", l2, lo=0), number("fit", "tol", tol, lo=0)
     choice("fit", "method", method, ("newton", "lbfgs"))
     max_iter = integer("fit", "max_iter", max_iter, lo=1)

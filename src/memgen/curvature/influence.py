@@ -28,8 +28,8 @@ def leave_one_out(model: nn.Module, loss_fn, train_x: torch.Tensor, train_y: tor
     Contract: the module contract of :mod:`memgen.curvature.modules` for the training
     and the test set (n >= 2 training points), ``indices`` integers in [0, n), ``l2`` >= 0.
     """
-    ((train_x, train_y),), _, n = _sizes("leave_one_out", model, loss_fn, [(train_x, train_y)])
-    ((test_x, test_y),), _, _ = _sizes("leave_one_out", model, loss_fn, [(test_x, test_y)])
+    ((train_x, train_y),), _, n = _sizes("leave_one_out", model, loss_fn, [(train_x, train_y)], ("train_x", "train_y"))
+    ((test_x, test_y),), _, _ = _sizes("leave_one_out", model, loss_fn, [(test_x, test_y)], ("test_x", "test_y"))
     if n < 2:
         raise fail("leave_one_out", "train_x", f"{n} training point", "n >= 2 (one is left out)")
     indices = [integer("leave_one_out", "indices", i, lo=0, hi=n - 1) for i in indices]
@@ -121,8 +121,9 @@ def influence_on_test_loss(model: nn.Module, loss_fn, train_x: torch.Tensor, tra
     Returns:
       :class:`Influence`.
     """
-    ((train_x, train_y),), _, n = _sizes("influence_on_test_loss", model, loss_fn, [(train_x, train_y)])
-    ((test_x, test_y),), _, _ = _sizes("influence_on_test_loss", model, loss_fn, [(test_x, test_y)])
+    ((train_x, train_y),), _, n = _sizes("influence_on_test_loss", model, loss_fn, [(train_x, train_y)],
+                                   ("train_x", "train_y"))
+    ((test_x, test_y),), _, _ = _sizes("influence_on_test_loss", model, loss_fn, [(test_x, test_y)], ("test_x", "test_y"))
     damping, l2 = number("influence_on_test_loss", "damping", damping, lo=0), number("influence_on_test_loss", "l2", l2, lo=0)
     choice("influence_on_test_loss", "method", method, ("exact", "cg", "lissa"))
     bs = n if batch_size is None else integer("influence_on_test_loss", "batch_size", batch_size, lo=1)

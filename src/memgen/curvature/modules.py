@@ -76,8 +76,9 @@ def _data(caller: str, name: str, t, dtype: torch.dtype):
     return t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
 
 
-def _sizes(caller: str, model, loss_fn, batches) -> tuple[list, list[int], int]:
-    """The checked (batches as a list of (x, y), their sizes, N) of a module's mean loss."""
+def _sizes(caller: str, model, loss_fn, batches, names: tuple[str, str] | None = None) -> tuple[list, list[int], int]:
+    """The checked (batches as a list of (x, y), their sizes, N) of a module's mean loss;
+    ``names``: the arguments' names of a single (x, y) pair (else batches[b] x, y)."""
     dtype = module_params(model, caller)[0].dtype
     function(caller, "loss_fn", loss_fn)
     if torch.is_tensor(batches) or not isinstance(batches, Iterable):
@@ -85,12 +86,13 @@ def _sizes(caller: str, model, loss_fn, batches) -> tuple[list, list[int], int]:
     batches = list(batches)
     if not batches:
         raise fail(caller, "batches", "empty", "at least one (x, y) batch")
-    out = []
+    out, sizes = [], []
     for b, batch in enumerate(batches):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise fail(caller, f"batches[{b}]", describe(batch), "an (x, y) pair")
-        out.append((_data(caller, f"batches[{b}] x", batch[0], dtype), _data(caller, f"batches[{b}] y", batch[1], dtype)))
-    sizes = [same_length(caller, (f"batches[{b}] x", f"batches[{b}] y"), *xy) for b, xy in enumerate(out)]
+        nx, ny = names or (f"batches[{b}] x", f"batches[{b}] y")
+        out.append((_data(caller, nx, batch[0], dtype), _data(caller, ny, batch[1], dtype)))
+        sizes.append(same_length(caller, (nx, ny), *out[-1]))
     N = sum(sizes)
     if N == 0:
         raise fail(caller, "batches", "without examples", "N >= 1 examples in all")
@@ -162,7 +164,7 @@ def make_module_hvp(model: nn.Module, loss_fn, batches: Iterable, cache_graph: b
 
 def module_hvp(model: nn.Module, loss_fn, batches: Iterable, v: torch.Tensor) -> torch.Tensor:
     """H v, (P,), for the Hessian of the mean loss over all batches (see :func:`make_module_hvp`)."""
-    v = tensor("module_hvp", "v", v, ndim=1, finite=True)
+    v = tensor("module_hvp", "v", v, shape=(sum(p.numel() for p in module_params(model, "module_hvp")),), finite=True)
     return make_module_hvp(model, loss_fn, batches)(v)
 
 
@@ -192,7 +194,7 @@ def per_example_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.T
     torch._dynamo, seconds per process: the loop is faster for small n). Contract: x, y
     tensors with the same number n >= 1 of rows.
     """
-    ((x, y),), _, _ = _sizes("per_example_gradients", model, loss_fn, [(x, y)])
+    ((x, y),), _, _ = _sizes("per_example_gradients", model, loss_fn, [(x, y)], ("x", "y"))
     if not vectorized:
         return torch.stack([module_gradient(model, loss_fn, [(x[i:i + 1], y[i:i + 1])]) for i in range(x.shape[0])])
     params = module_params(model)

@@ -226,9 +226,9 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
         h_j - h_{j-1} = (I - A/s)^j v never grow in norm when A is positive definite and
         s > (lambda_max + damping)/2 (every eigenvalue of I - A/s lies in (-1, 1)); an
         eigenvalue of A <= 0 (an indefinite H at damping 0) or above 2 s makes them grow
-        geometrically. An increment more than 0.1% above the smallest one so far (plus
-        1000 eps (||v|| + ||h||) for rounding) raises at once, before the iterates get
-        large. (Mini-batch increments are noisy: only the growth guard applies there.)
+        geometrically. An increment more than 0.1% above the smallest one so far, plus
+        a rounding floor max(1000 eps, 1e-5) (||v|| + ||h_{j-1}||) (hvp_fn may round at
+        float32), raises at once, before the iterates get large. (Mini-batch increments are noisy: only the growth guard applies there.)
     A NaN in v is refused on entry; a non-finite output of hvp_fn (or of a batch HVP)
     for a finite input is blamed on it (MemgenError), not on the recursion.
 
@@ -279,7 +279,7 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
             f"e.g. scale={lissa_scale(lambda_max, damping):.4g}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     vnorm = float(v.norm())
-    slack = 1e3 * torch.finfo(v.dtype).eps
+    slack = max(1e3 * torch.finfo(v.dtype).eps, 1e-5)  # rounding of hvp_fn (float32 inside a float64 solve: ~1e-7)
     steps = list(range(record_every, depth + 1, record_every))
     if not steps or steps[-1] != depth:
         steps.append(depth)

@@ -211,7 +211,7 @@ def solver_accuracy(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
     module contract of :mod:`memgen.curvature.modules` for (x, y); v finite (P,); l2,
     damping >= 0; cg_tol > 0; ``scale_factors`` non-empty, > 0; batch_size, depth,
     record_every >= 1."""
-    ((x, y),), _, n = _sizes("solver_accuracy", model, loss_fn, [(x, y)])
+    ((x, y),), _, n = _sizes("solver_accuracy", model, loss_fn, [(x, y)], ("x", "y"))
     v = tensor("solver_accuracy", "v", v, ndim=1, finite=True)
     l2, damping = number("solver_accuracy", "l2", l2, lo=0), number("solver_accuracy", "damping", damping, lo=0)
     cg_tol = number("solver_accuracy", "cg_tol", cg_tol, lo=0, lo_open=True)

@@ -61,7 +61,7 @@ def nngp_predictor(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
     Contract: x_train (n, d), x_test (m, d) as for :func:`empirical_ntk`; y_train finite
     (n,) (converted to the parameters' dtype); ``ridge`` >= 0 (0 with a singular G^T G
     raises)."""
-    y_train = _targets("nngp_predictor", model, x_train, y_train)
+    y_train = _targets("nngp_predictor", model, x_train, y_train, x_test)
     ridge = number("nngp_predictor", "ridge", ridge, lo=0)
     with torch.no_grad():
         G = last_hidden_features(model, x_train)
@@ -82,7 +82,7 @@ def ntk_regression(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
     f0(test) + K (K + ridge)^-1 (y - f0(train)), the infinite-time linearized network,
     instead of the seed's plain K (K + ridge)^-1 y. Contract as :func:`nngp_predictor`
     (``ridge`` >= 0)."""
-    y_train = _targets("ntk_regression", model, x_train, y_train)
+    y_train = _targets("ntk_regression", model, x_train, y_train, x_test)
     Ktt, Kst = empirical_ntk(model, x_train), empirical_ntk(model, x_test, x_train)
     if not centered:
         return kernel_regression(Ktt, Kst, y_train, ridge)
@@ -91,8 +91,9 @@ def ntk_regression(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
     return f0te + kernel_regression(Ktt, Kst, y_train.to(f0tr.dtype) - f0tr, ridge)
 
 
-def _targets(caller: str, model, x_train, y_train) -> torch.Tensor:
-    """y_train checked against x_train: finite (n,), in the parameters' dtype."""
+def _targets(caller: str, model, x_train, y_train, x_test) -> torch.Tensor:
+    """x_train, x_test checked as by empirical_ntk and y_train against x_train: finite
+    (n,), in the parameters' dtype."""
     dtype = module_dtype(caller, "model", model)
-    n = len(x_train) if hasattr(x_train, "__len__") else None
-    return tensor(caller, "y_train", y_train, shape=(n,), finite=True, dtype=dtype)
+    x_train, _ = _inputs(caller, model, structured_chain(model), 1, x_train=x_train, x_test=x_test)
+    return tensor(caller, "y_train", y_train, shape=(len(x_train),), finite=True, dtype=dtype)

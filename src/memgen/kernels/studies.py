@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memgen.contracts import array, fail, integer, number, tensor
+from memgen.contracts import array, fail, integer, number, rows, tensor
 from memgen.dynamics import gd_mse, linearized_predictions, linearized_weights
 from memgen.kernels.empirical import empirical_ntk, empirical_ntk_blocks, model_vjp, relative_change
 from memgen.kernels.infinite import analytic_kernels
@@ -73,6 +73,7 @@ def convergence_errors(model: dict, seeds, x: torch.Tensor, dtype: torch.dtype =
     if not isinstance(model, dict) or not {"L", "h"} <= set(model):
         raise fail("convergence_errors", "model", repr(model), "a dict of FC arguments with 'L' and 'h'")
     seeds = [integer("convergence_errors", "seeds", s) for s in array("convergence_errors", "seeds", seeds, ndim=1)]
+    x = rows("convergence_errors", "x", x, finite=True)
     nngp_inf, ntk_inf = analytic_kernels(x, None, model["L"])
     ntk_err, nngp_err = [], []
     bar = Progress(progress, len(seeds), unit="seed", message=f"h={model['h']}, {len(x)} points")
