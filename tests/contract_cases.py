@@ -25,7 +25,7 @@ from memgen import MemgenError
 
 DTYPES = (torch.float32, torch.float64)
 # small sizes, no deadline (shared 2-core CI machines), no speed-dependent health checks
-PROPERTY = settings(max_examples=6, deadline=None, derandomize=True, database=None,
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 sizes = st.integers(1, 4)
 
@@ -80,6 +80,7 @@ CORRUPTIONS = {
     "none": lambda v: None,
     "emptylist": lambda v: [],
     "int64dtype": lambda v: torch.int64,
+    "zeroentry": lambda x: np.r_[0.0, np.asarray(x, dtype=np.float64).ravel()[1:]],  # a zero where > 0 is needed
 }
 
 

@@ -173,7 +173,7 @@ CASES = [
          lambda a, G: close(G[0], _grad_ref(a["model"], a["loss_fn"], a["x"][:1], a["y"][:1]), a["x"].dtype, 10)),
     Case("regularized_loss", cv.regularized_loss, lambda draw, dt: {**_model(draw, dt), "l2": 0.1},
          {"l2": ("neg", "nanum"), "y": ("drop",)}, lambda a, r: assert_finite(r.detach())),
-    Case("fit", cv.fit, lambda draw, dt: {**_model(draw, dt, "logreg"), "l2": 0.1, "max_iter": 30, "method": "lbfgs", "tol": 1e-8},
+    Case("fit", cv.fit, lambda draw, dt: {**_model(draw, dt, "logreg"), "l2": 0.1, "max_iter": 8, "method": "lbfgs", "tol": 1e-8},
          {"method": ("bogus",), "max_iter": ("zero", "frac"), "l2": ("neg",), "tol": ("nanum",)},
          lambda a, info: np.isfinite(info["grad_norm"])),
     Case("influence_on_test_loss", cv.influence_on_test_loss, _influence_args,

@@ -273,6 +273,7 @@ def two_layer_theory(steps, X, y, W0, v0, lr, init: str = "gaussian") -> tuple[n
     (sorted); X (n, d), y (n,), W0 (p, d), v0 (p,); lr as for :func:`two_layer_ode`;
     ``init`` one of gaussian, fixed, rank_one."""
     X, y = c.design("two_layer_theory", X, y)
+    W0, v0 = c.layers("two_layer_theory", W0, v0, X.shape[1], ("W0", "v0"))
     c.choice("two_layer_theory", "init", init, ("gaussian", "fixed", "rank_one"))
     steps = _steps("two_layer_theory", steps)
     n = X.shape[0]
