@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memgen import MemgenError
@@ -154,3 +154,21 @@ def spd(draw, P: int, dtype, lo: float = 1.0, hi: float = 2.0) -> torch.Tensor:
     Q, _ = torch.linalg.qr(tensor(draw, (P, P), torch.float64))
     lam = tensor(draw, (P,), torch.float64, lo, hi)
     return ((Q * lam) @ Q.T).to(dtype)
+
+
+def property_tests(cases: list[Case]):
+    """The two tests of a list of cases (a module assigns them to its test_ names)."""
+
+    @pytest.mark.parametrize("case", cases, ids=repr)
+    @PROPERTY
+    @given(data=st.data())
+    def test_valid_inputs_give_the_reference_answer(case, data):
+        run_valid(case, data)
+
+    @pytest.mark.parametrize("case", [c for c in cases if c.bad], ids=repr)
+    @PROPERTY
+    @given(data=st.data())
+    def test_a_broken_argument_raises_a_memgen_error_naming_it(case, data):
+        run_bad(case, data)
+
+    return test_valid_inputs_give_the_reference_answer, test_a_broken_argument_raises_a_memgen_error_naming_it

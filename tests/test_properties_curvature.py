@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 import memgen.curvature as cv
-from contract_cases import PROPERTY, Case, assert_finite, close, run_bad, run_valid, sizes, spd, tensor
+from contract_cases import Case, assert_finite, close, property_tests, sizes, spd, tensor
 
 
 def _quadratic(draw, dtype):
@@ -192,7 +191,7 @@ CASES = [
          {"dampings": ("neg", "emptylist"), "options": ("emptylist", "none"), "H": ("col", "nan"), "v": ("nan",)},
          lambda a, out: np.isfinite(out.x).all()),
     Case("lissa_paths", _drop_A(cv.lissa_paths),
-         lambda draw, dt: {**(a := _solve_args(draw, torch.float64)), "runs": [(3.0, 0.0), (0.5, 0.0)], "depth": 20,
+         lambda draw, dt: {**_solve_args(draw, torch.float64), "runs": [(3.0, 0.0), (0.5, 0.0)], "depth": 20,
                            "bound": 10.0, "damping": OMIT},
          {"runs": ("neg", "emptylist"), "depth": ("zero",), "bound": ("zero",), "v": ("nan",)},
          lambda a, out: bool(out.diverged[1]) and not out.diverged[0]),
@@ -218,15 +217,5 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
-@PROPERTY
-@given(data=st.data())
-def test_valid_inputs_give_the_reference_answer(case, data):
-    run_valid(case, data)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c.bad], ids=repr)
-@PROPERTY
-@given(data=st.data())
-def test_a_broken_argument_raises_a_memgen_error_naming_it(case, data):
-    run_bad(case, data)
+test_valid_inputs_give_the_reference_answer, test_a_broken_argument_raises_a_memgen_error_naming_it = \
+    property_tests(CASES)

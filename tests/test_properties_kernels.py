@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
 from hypothesis import strategies as st
 
-from contract_cases import PROPERTY, Case, assert_finite, close, run_bad, run_valid, sizes, tensor
+from contract_cases import Case, assert_finite, close, property_tests, sizes, tensor
 from memgen import data as mdata
 from memgen import kernels
 from memgen.kernels import studies
@@ -211,6 +210,8 @@ CASES = [
     Case("FC.forward", lambda net, x: net(x), lambda draw, dt: {k: v for k, v in _flat_args(draw, dt).items() if k in "net x"},
          {"x": ("wide", "1d", "int")}, lambda a, f: close(f, a["net"].flat().forward(a["net"].flat_parameters(), a["x"])[0],
                                                           a["x"].dtype)),
+    Case("FlatFC", FlatFC, lambda draw, dt: {"spec": _net(draw, dt).spec}, {"spec": ("notcallable", "none")},
+         lambda a, flat: flat.numel == sum(p.numel() for p in FC(**a["spec"].to_dict()).parameters())),
     Case("FlatFC.forward", _flat_forward, _flat_args, {"x": ("wide", "1d", "int"), "w": ("drop", "col")}, _check_flat),
     Case("FlatFC.vjp", _vjp_of, lambda draw, dt: {**(a := _flat_args(draw, dt)), "g": torch.ones(len(a["x"]), dtype=dt)},
          {"g": ("drop", "empty")}, lambda a, out: out.shape == a["w"].shape),
@@ -250,15 +251,5 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
-@PROPERTY
-@given(data=st.data())
-def test_valid_inputs_give_the_reference_answer(case, data):
-    run_valid(case, data)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c.bad], ids=repr)
-@PROPERTY
-@given(data=st.data())
-def test_a_broken_argument_raises_a_memgen_error_naming_it(case, data):
-    run_bad(case, data)
+test_valid_inputs_give_the_reference_answer, test_a_broken_argument_raises_a_memgen_error_naming_it = \
+    property_tests(CASES)

@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
 from hypothesis import strategies as st
 
-from contract_cases import PROPERTY, Case, assert_finite, close, run_bad, run_valid, sizes, spd, tensor
+from contract_cases import Case, assert_finite, close, property_tests, sizes, spd, tensor
 from memgen import dynamics, linear, modelwise, theory
 from memgen.models import FC
 
@@ -269,15 +268,5 @@ def _linear_gd_ref(a):
     return w
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
-@PROPERTY
-@given(data=st.data())
-def test_valid_inputs_give_the_reference_answer(case, data):
-    run_valid(case, data)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c.bad], ids=repr)
-@PROPERTY
-@given(data=st.data())
-def test_a_broken_argument_raises_a_memgen_error_naming_it(case, data):
-    run_bad(case, data)
+test_valid_inputs_give_the_reference_answer, test_a_broken_argument_raises_a_memgen_error_naming_it = \
+    property_tests(CASES)

@@ -18,7 +18,10 @@ from memgen import contracts as c
 
 @dataclass
 class Dataset:
-    """Inputs ``x_*`` of shape (n, d), labels ``y_*`` of shape (n,)."""
+    """Inputs ``x_*`` of shape (n, d), labels ``y_*`` of shape (n,).
+    Contract: a plain container (nothing checked on construction); :meth:`to` takes dtype
+    None, float32 or float64.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -35,7 +38,9 @@ class Dataset:
         return {"x_train": self.x_train, "y_train": self.y_train, "x_test": self.x_test, "y_test": self.y_test}
 
     def to(self, device=None, dtype=None) -> "Dataset":
-        """The data set on ``device`` in ``dtype`` (None, float32 or float64)."""
+        """The data set on ``device`` in ``dtype`` (None, float32 or float64).
+        Contract: dtype None, float32 or float64.
+        """
         if dtype is not None:
             c.choice("Dataset.to", "dtype", dtype, c.FLOAT_DTYPES)
         conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
@@ -88,7 +93,9 @@ GENERATORS = {"sparse_parity": sparse_parity}
 
 def make(params: dict[str, Any]) -> Dataset:
     """Build the data set described by ``params`` (``{"name": ..., **kwargs}``): a dict
-    with a known ``name`` and that generator's arguments."""
+    with a known ``name`` and that generator's arguments.
+    Contract: params a dict with a known name and only that generator's arguments.
+    """
     if not isinstance(params, dict) or "name" not in params:
         raise c.fail("make", "params", c.describe(params), "a dict {'name': ..., **arguments}")
     kwargs = dict(params)
@@ -179,6 +186,8 @@ def digits(n_train: int, n_test: int = 0, classes=(3, 8), seed: int = 0, labels:
     centred by the training mean and each image scaled to norm sqrt(d) (so x.x/d = 1, the
     analytic kernels' natural scale). ``meta["index_train"]``, ``meta["index_test"]``:
     the rows of the points in scikit-learn's data set.
+    Contract: n_train >= 1, n_test >= 0 and seed integers; classes two different integers;
+    labels sign or binary.
     """
     from sklearn.datasets import load_digits
 
@@ -217,6 +226,8 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
     ``classes[1]`` -> +1. ``n_train`` training points are a seeded draw from the five
     training batches; the test set is the test batch's images of the two classes
     (``n_test`` > 0: a seeded subset of that many).
+    Contract: n_train >= 1, n_test >= 0 and seed integers, checked before any file; classes
+    two different integers; root a path (missing files: a MemgenError naming them).
     """
     import pickle
     from pathlib import Path
@@ -251,7 +262,9 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
 
 
 def cifar_missing(root: str = "data/cifar-10-batches-py") -> list[str]:
-    """The CIFAR-10 batch files (:data:`CIFAR_FILES`) that are not under ``root`` (a path)."""
+    """The CIFAR-10 batch files (:data:`CIFAR_FILES`) that are not under ``root`` (a path).
+    Contract: root a path (str or os.PathLike).
+    """
     import os
     from pathlib import Path
 
@@ -262,7 +275,9 @@ def cifar_missing(root: str = "data/cifar-10-batches-py") -> list[str]:
 
 
 def cifar_available(root: str = "data/cifar-10-batches-py") -> bool:
-    """Whether every CIFAR-10 batch file is under ``root`` (a path)."""
+    """Whether every CIFAR-10 batch file is under ``root`` (a path).
+    Contract: root a path (str or os.PathLike).
+    """
     return not cifar_missing(root)
 
 

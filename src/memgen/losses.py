@@ -19,7 +19,9 @@ LOSSES = ("soft_hinge", "hinge", "mse")
 @dataclass(frozen=True)
 class Loss:
     """A margin loss by name (one of :data:`LOSSES`; soft_hinge: ``beta`` finite > 0,
-    checked on construction). value/derivative take z unchecked (the training loop's)."""
+    checked on construction). value/derivative take z unchecked (the training loop's).
+    Contract: name one of LOSSES; soft_hinge: beta a finite number > 0.
+    """
 
     name: str = "soft_hinge"
     beta: float = 20.0

@@ -99,6 +99,7 @@ def linear_gd_risk(steps, s, theta, noise_std: float, n: int, lr, w0=None) -> np
 
     A feature with s_i = 0 contributes nothing (its own finite term: 0); see
     :func:`linear_gd_weight_error` for the contract.
+    Contract: as :func:`linear_gd_weight_error`.
     """
     E, s2 = _weight_error("linear_gd_risk", steps, s, theta, noise_std, n, lr, w0)
     return (s2 * E).sum(-1) + noise_std**2
@@ -132,6 +133,7 @@ def rank_one_state(W, v) -> tuple[float, np.ndarray]:
     ``fixed`` and ``rank_one`` inits), which GD keeps aligned. (The seed sets
     ``u = scale_v``, ``z = scale_W 1`` for its all-constant init, which misses the factor
     ``p`` of the end-to-end map ``W^T v = p scale_W scale_v 1``.)
+    Contract: W finite (p, d); v finite (p,), not zero.
     """
     W, v = c.layers("rank_one_state", W, v)
     u = float(np.linalg.norm(v))
@@ -149,6 +151,7 @@ def growing_mode_state(W, v, b) -> tuple[float, np.ndarray]:
     ``u = |m|``, ``z = |m| g0/|g0|`` has the same unstable mode, so for init -> 0 it
     follows the network (the ``rank_one_state`` projection of a random init gets the
     escape time wrong by O(log) terms).
+    Contract: W finite (p, d); v (p,); b (d,), not zero.
     """
     W, v = c.layers("growing_mode_state", W, v)
     b = c.array("growing_mode_state", "b", b, shape=(W.shape[1],))

@@ -66,6 +66,8 @@ def hvp(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, v: torch.Te
 
     Returns:
       H v, shape (P,), detached, in w's dtype.
+    Contract: fn callable returning one entry; w finite float32/float64 (P,), P >= 1 (the
+    reference dtype); v finite, exactly w's shape (converted to w's dtype).
     """
     w = _point("hvp", fn, w)
     v = tensor("hvp", "v", v, shape=tuple(w.shape), finite=True, dtype=w.dtype)
@@ -88,6 +90,8 @@ def finite_difference_hvp(grad_fn: Callable[[torch.Tensor], torch.Tensor], w: to
       grad_fn: g(w) -> gradient, shape (P,) -> (P,).
       w, v: shape (P,), finite (v in w's dtype).
       r: step along v, > 0.
+    Contract: grad_fn callable; w finite (P,), P >= 1; v finite, w's shape (converted to w's
+    dtype); r > 0.
     """
     function("finite_difference_hvp", "grad_fn", grad_fn)
     w = tensor("finite_difference_hvp", "w", w, ndim=1, finite=True).detach()
@@ -103,6 +107,8 @@ def hessian_matrix(hvp_fn: HVPFn, like: torch.Tensor | int, progress: str | None
     ``like``: a (P,) tensor giving size, dtype and device, or P >= 1 (float64, CPU).
     ``hvp_fn`` must return P entries, finite, for each e_j (converted to like's dtype).
     ``progress``: label of progress lines (memgen.progress) on stderr; None: silent.
+    Contract: hvp_fn callable, P finite entries per call (converted to like's dtype); like a
+    float tensor of P >= 1 entries or an integer P >= 1.
     """
     e = _like("hessian_matrix", like)
     hvp_fn = operator("hessian_matrix", "hvp_fn", hvp_fn, e)
@@ -141,6 +147,8 @@ def top_eigenvalue(hvp_fn: HVPFn, like: torch.Tensor | int, iters: int = 100, to
       iters: >= 1; tol: >= 0.
     Returns:
       lambda (float); with return_info, (lambda, {"iterations", "hvps", "history"}).
+    Contract: hvp_fn and like as for :func:`hessian_matrix`; iters an integer >= 1; tol >=
+    0.
     """
     u = _like("top_eigenvalue", like)
     iters = integer("top_eigenvalue", "iters", iters, lo=1)

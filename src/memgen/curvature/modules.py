@@ -24,7 +24,10 @@ from memgen.curvature.hvp import HVPFn, _dot
 
 def module_params(model: nn.Module, caller: str = "module_params") -> list[torch.Tensor]:
     """Parameters of ``model`` that require grad, in ``model.parameters()`` order (at
-    least one, of one float dtype)."""
+    least one, of one float dtype).
+    Contract: model an nn.Module with at least one trainable parameter, every parameter of
+    one dtype, float32 or float64.
+    """
     module_dtype(caller, "model", model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -34,13 +37,18 @@ def module_params(model: nn.Module, caller: str = "module_params") -> list[torch
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
-    """The trainable parameters flattened and concatenated, shape (P,), detached."""
+    """The trainable parameters flattened and concatenated, shape (P,), detached.
+    Contract: as :func:`module_params`.
+    """
     return torch.cat([p.detach().reshape(-1) for p in module_params(model, "flat_params")])
 
 
 def set_flat_params(model: nn.Module, w: torch.Tensor) -> None:
     """Write a flat (P,) vector (finite; converted to the parameters' dtype) back into the
-    trainable parameters (in place)."""
+    trainable parameters (in place).
+    Contract: model as :func:`module_params`; w finite (P,), P its trainable size (converted
+    to its dtype).
+    """
     params = module_params(model, "set_flat_params")
     w = tensor("set_flat_params", "w", w, shape=(sum(p.numel() for p in params),), finite=True)
     with torch.no_grad():
@@ -50,7 +58,9 @@ def set_flat_params(model: nn.Module, w: torch.Tensor) -> None:
 
 def unflatten(vec: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Split a flat (P,) vector into views shaped like the tensors of ``like`` (P = their
-    total size)."""
+    total size).
+    Contract: vec a float tensor (P,), P the total size of ``like``.
+    """
     vec = tensor("unflatten", "vec", vec, ndim=1, nonempty=False)
     sizes = [t.numel() for t in like]
     if vec.numel() != sum(sizes):
@@ -102,6 +112,7 @@ def _sizes(caller: str, model, loss_fn, batches, names: tuple[str, str] | None =
 def module_gradient(model: nn.Module, loss_fn, batches: Iterable) -> torch.Tensor:
     """Gradient (P,) of the mean loss over all examples of all batches,
     grad L = sum_b (n_b / N) grad L_b, with L_b = loss_fn(model(x_b), y_b) the batch mean.
+    Contract: the module contract above (model, loss_fn, batches).
     """
     batches, sizes, N = _sizes("module_gradient", model, loss_fn, batches)
     params = module_params(model)
@@ -133,6 +144,8 @@ def make_module_hvp(model: nn.Module, loss_fn, batches: Iterable, cache_graph: b
     Returns:
       hvp_fn: u of shape (P,) -> H u of shape (P,), detached (u checked: P entries,
       converted to the parameters' dtype).
+    Contract: the module contract above; u of the returned function (P,), converted to the
+    parameters' dtype.
     """
     batches, sizes, N = _sizes("make_module_hvp", model, loss_fn, batches)
     params = module_params(model)
@@ -163,7 +176,9 @@ def make_module_hvp(model: nn.Module, loss_fn, batches: Iterable, cache_graph: b
 
 
 def module_hvp(model: nn.Module, loss_fn, batches: Iterable, v: torch.Tensor) -> torch.Tensor:
-    """H v, (P,), for the Hessian of the mean loss over all batches (see :func:`make_module_hvp`)."""
+    """H v, (P,), for the Hessian of the mean loss over all batches (see :func:`make_module_hvp`).
+    Contract: as :func:`make_module_hvp`; v finite (P,).
+    """
     v = tensor("module_hvp", "v", v, shape=(sum(p.numel() for p in module_params(model, "module_hvp")),), finite=True)
     return make_module_hvp(model, loss_fn, batches)(v)
 
@@ -174,6 +189,7 @@ def make_batch_hvps(model: nn.Module, loss_fn, batches: Iterable, cache_graph: b
     Callable b returns (B n_b / N) H_b u; with b drawn uniformly from the B batches,
     E[(B n_b / N) H_b] = sum_b (n_b / N) H_b = H, so unequal batch sizes stay unbiased.
     ``cache_graph`` as in :func:`make_module_hvp`.
+    Contract: as :func:`make_module_hvp`.
     """
     batches, sizes, N = _sizes("make_batch_hvps", model, loss_fn, batches)
     B = len(batches)

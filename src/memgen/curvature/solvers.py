@@ -50,6 +50,9 @@ def inverse_hvp(hvp_fn: HVPFn, v: torch.Tensor, method: str = "exact", damping: 
 
     Returns:
       (x, info): x of shape (P,); info a dict with at least ``"method"`` and ``"hvps"``.
+    Contract: hvp_fn callable (each output checked: P entries, finite for a finite input,
+    converted to v's dtype); v finite float32/float64 (P,), P >= 1 (the reference); damping
+    >= 0; method exact, cg or lissa; an option the method does not take is refused.
     """
     _system("inverse_hvp", hvp_fn, v, damping)
     solvers = {"exact": exact_solve, "cg": cg_solve, "lissa": lissa_solve}
@@ -187,6 +190,7 @@ def lissa_scale(lambda_max: float, damping: float = 0.0) -> float:
     factor 1.1 covers the power-iteration estimate being below lambda_max (it converges
     from below), and is still safe for an estimate as low as lambda_max / 2.2.
     ``lambda_max`` finite, ``damping`` >= 0.
+    Contract: lambda_max finite; damping >= 0.
     """
     return 1.1 * (number("lissa_scale", "lambda_max", lambda_max) + number("lissa_scale", "damping", damping, lo=0))
 
@@ -248,6 +252,9 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
       (len(path_steps),) of norms or (len(path_steps), P) of iterates; shorter if a
       callback stopped the repeat), steps (list over repeats of steps run),
       estimates (repeats, P).
+    Contract: as :func:`inverse_hvp`; scale None or > 0; depth, repeats, record_every
+    integers >= 1; record norm or iterate; lambda_max None or finite; max_growth > 0;
+    batch_hvps None or a non-empty sequence of callables (outputs checked as hvp_fn's).
     """
     hvp_fn, v, damping = _system("lissa_solve", hvp_fn, v, damping)
     choice("lissa_solve", "record", record, ("norm", "iterate"))

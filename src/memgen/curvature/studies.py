@@ -33,7 +33,9 @@ D = torch.float64
 
 def toy_hvp(x: float, y: float, w: torch.Tensor) -> HVPFn:
     """u -> H u, H the Hessian at w (2,) of the seed's toy L(w) = (y - w1 w2 x)^2 on one point
-    (x, y finite numbers; w a finite tensor of shape (2,))."""
+    (x, y finite numbers; w a finite tensor of shape (2,)).
+    Contract: x, y finite numbers; w a finite tensor (2,).
+    """
     x, y = number("toy_hvp", "x", x), number("toy_hvp", "y", y)
     w = tensor("toy_hvp", "w", w, shape=(2,), finite=True)
     return lambda u: hvp(lambda ww: (y - ww[0] * ww[1] * x) ** 2, w, u)
@@ -123,7 +125,9 @@ CLASSIFIERS = ("logreg", "mlp")
 
 def logistic_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean logistic loss of logits ``out`` (n, 1) or (n,) against labels y (n,) in [0, 1]
-    (n >= 1; y converted to out's dtype)."""
+    (n >= 1; y converted to out's dtype).
+    Contract: out a float tensor (n, 1) or (n,), n >= 1; y (n,), converted to out's dtype.
+    """
     out = tensor("logistic_loss", "out", out, ndim=(1, 2))
     if out.dim() == 2 and out.shape[1] != 1:
         raise fail("logistic_loss", "out", f"of shape {tuple(out.shape)}", "shape (n, 1) or (n,)")
@@ -134,7 +138,10 @@ def logistic_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def classifier(kind: str, d: int, hidden: int | None = None, seed: int = 0) -> nn.Module:
     """``logreg``: Linear(d, 1); ``mlp``: Linear(d, hidden) - tanh - Linear(hidden, 1);
     PyTorch's default init under ``torch.manual_seed(seed)``, float64. ``d`` >= 1,
-    ``hidden`` >= 1 for the MLP."""
+    ``hidden`` >= 1 for the MLP.
+    Contract: kind logreg or mlp; d an integer >= 1; hidden an integer >= 1 (mlp); seed an
+    integer.
+    """
     if kind not in CLASSIFIERS:
         raise MemgenError(f"curvature model kind: unknown '{kind}' ({', '.join(CLASSIFIERS)})")
     d = integer("classifier", "d", d, lo=1)

@@ -34,7 +34,8 @@ def _inputs(caller: str, model: nn.Module, chain, memory_budget, **xs):
     dtype (the reference), and the checked memory budget."""
     dtype = module_dtype(caller, "model", model)
     integer(caller, "memory_budget", memory_budget, lo=1)
-    width = chain[0][0].W.shape[1] if chain is not None else None  # the features the first layer takes
+    probe = chain if chain is not None else structured_chain(model)  # also on the generic path: check early
+    width = probe[0][0].W.shape[1] if probe is not None else None  # the features the first layer takes
     out = []
     for name, x in xs.items():
         if x is None:
@@ -77,7 +78,9 @@ def empirical_ntk_blocks(model: nn.Module, x_train: torch.Tensor, x_test: torch.
                          memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: str | None = None):
     """(K_train_train (n, n), K_test_train (m, n), K_test_test (m, m)) of
     :func:`empirical_ntk`, one forward pass (structured) or one Jacobian computation per
-    set when it fits the budget (generic). Same arguments and contract as :func:`empirical_ntk`."""
+    set when it fits the budget (generic). Same arguments and contract as :func:`empirical_ntk`.
+    Contract: as :func:`empirical_ntk`, for x_train and x_test (n, m >= 1).
+    """
     chain = _chain(model, path, "empirical_ntk_blocks")
     x_train, x_test = _inputs("empirical_ntk_blocks", model, chain, memory_budget, x_train=x_train, x_test=x_test)
     if chain is not None:

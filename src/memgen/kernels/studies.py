@@ -47,6 +47,7 @@ def accuracy_comparison(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch
         number("accuracy_comparison", key, value, lo=0)
     number("accuracy_comparison", "lr", lr, lo=0, lo_open=True)
     integer("accuracy_comparison", "steps", steps, lo=0)
+    _labels("accuracy_comparison", x, y, x_test, y_test)
     acc = {"ntk": sign_accuracy(ntk_regression(net, x, y, x_test, ridge_ntk), y_test),
            "nngp": sign_accuracy(nngp_predictor(net, x, y, x_test, ridge_nngp)[1], y_test)}
     L = net.spec.L
@@ -121,7 +122,7 @@ def linearized_vs_gd(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch.Te
     rec = array("linearized_vs_gd", "record", record, ndim=1)
     if not (np.all(rec == np.round(rec)) and np.all(np.diff(rec) > 0) and rec[0] >= 0 and rec[-1] <= steps):
         raise fail("linearized_vs_gd", "record", repr(rec.tolist()), f"sorted unique integers in [0, {steps}]")
-    y_test = tensor("linearized_vs_gd", "y_test", y_test, shape=(len(x_test),), finite=True)
+    _labels("linearized_vs_gd", x, y, x_test, y_test)
     flat, w0 = net.flat(), net.flat_parameters()
     Ktt, Kst, _ = empirical_ntk_blocks(net, x, x_test, progress=sublabel(progress, "ntk"))
     with torch.no_grad():
@@ -151,3 +152,9 @@ def linearized_vs_gd(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch.Te
         step=record[:m], t=record[:m] * lr, lin_loss_train=(((Ftr[:m] - y) ** 2).mean(1) / 2).cpu().numpy(),
         lin_loss_test=(((Fte[:m] - y_test) ** 2).mean(1) / 2).cpu().numpy(), diverged=diverged,
         **{k: np.array(v) for k, v in rows.items()})
+
+
+def _labels(caller: str, x, y, x_test, y_test) -> None:
+    """y (n,) and y_test (m,) finite, one per row of x and x_test (tensors)."""
+    for name, xs, ys in (("y", x, y), ("y_test", x_test, y_test)):
+        tensor(caller, name, ys, shape=(len(xs) if torch.is_tensor(xs) else None,), finite=True)
