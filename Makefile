@@ -29,6 +29,9 @@ SNAKEMAKE = $(VENV)/bin/snakemake
 STAMP     = $(VENV)/.memgen-installed
 LOCK_VENV = .venv-lock
 PIP_TOOLS = pip-tools==7.6.2
+# what `make lock` may move: every package (the default), or e.g.
+# UPGRADE="--upgrade-package hypothesis" to add or move one and keep every other pin
+UPGRADE  ?= --upgrade
 
 ifdef TORCH
 $(error TORCH is no longer read: torch $(TORCH_VERSION) comes from the lock, the build from GPU= (make venv GPU=cu130; see the README's "Torch build"))
@@ -79,7 +82,7 @@ lock:
 # of the same version in a local find-links directory (the CPU one) must not be taken.
 pip_compile = $(if $(filter cu130,$(BUILD)),env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null) \
 	CUSTOM_COMPILE_COMMAND="make lock$(if $(GPU), GPU=$(GPU))" $(LOCK_VENV)/bin/pip-compile -q \
-	--allow-unsafe --strip-extras --extra dev --no-emit-index-url --no-emit-find-links --upgrade \
+	--allow-unsafe --strip-extras --extra dev --no-emit-index-url --no-emit-find-links $(UPGRADE) \
 	$(if $(filter cpu,$(BUILD)),,-c requirements/.cpu-constraints.txt) $(1) \
 	-o $(LOCK) pyproject.toml requirements/.$(BUILD).in
 

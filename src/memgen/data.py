@@ -13,11 +13,15 @@ import numpy as np
 import torch
 
 from memgen import MemgenError, h5io
+from memgen import contracts as c
 
 
 @dataclass
 class Dataset:
-    """Inputs ``x_*`` of shape (n, d), labels ``y_*`` of shape (n,)."""
+    """Inputs ``x_*`` of shape (n, d), labels ``y_*`` of shape (n,).
+    Contract: a plain container (nothing checked on construction); :meth:`to` takes dtype
+    None, float32 or float64.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -34,6 +38,11 @@ class Dataset:
         return {"x_train": self.x_train, "y_train": self.y_train, "x_test": self.x_test, "y_test": self.y_test}
 
     def to(self, device=None, dtype=None) -> "Dataset":
+        """The data set on ``device`` in ``dtype`` (None, float32 or float64).
+        Contract: dtype None, float32 or float64.
+        """
+        if dtype is not None:
+            c.choice("Dataset.to", "dtype", dtype, c.FLOAT_DTYPES)
         conv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         return Dataset(conv(self.x_train), conv(self.y_train), conv(self.x_test), conv(self.y_test), self.meta)
 
@@ -44,8 +53,13 @@ def sparse_parity(n_train: int, n_test: int, k: int, d: int, seed: int) -> Datas
     ``n_train + n_test`` distinct strings drawn uniformly from {0,1}^d without
     replacement; label ``y = 2 * (x_1 + ... + x_k mod 2) - 1`` in {-1, +1} (upstream
     feature_lazy convention); inputs stay the raw {0,1} strings. The first ``n_train``
-    strings of the seeded draw form the training set.
+    strings of the seeded draw form the training set. Contract: integers with
+    1 <= k <= d, n_train >= 1, n_test >= 0, n_train + n_test <= 2^d.
     """
+    fn = "sparse_parity"
+    n_train, n_test, k, d = (c.integer(fn, key, v) for key, v in
+                             (("n_train", n_train), ("n_test", n_test), ("k", k), ("d", d)))
+    seed = c.integer(fn, "seed", seed)
     if not 1 <= k <= d:
         raise MemgenError(f"sparse_parity: need 1 <= k <= d, got k={k}, d={d}")
     if n_train < 1 or n_test < 0:
@@ -78,11 +92,22 @@ GENERATORS = {"sparse_parity": sparse_parity}
 
 
 def make(params: dict[str, Any]) -> Dataset:
-    """Build the data set described by ``params`` (``{"name": ..., **kwargs}``)."""
+    """Build the data set described by ``params`` (``{"name": ..., **kwargs}``): a dict
+    with a known ``name`` and that generator's arguments.
+    Contract: params a dict with a known name and only that generator's arguments.
+    """
+    if not isinstance(params, dict) or "name" not in params:
+        raise c.fail("make", "params", c.describe(params), "a dict {'name': ..., **arguments}")
     kwargs = dict(params)
     name = kwargs.pop("name")
     if name not in GENERATORS:
         raise MemgenError(f"dataset.name: unknown data set '{name}'; known: {', '.join(GENERATORS)}")
+    import inspect
+
+    unknown = set(kwargs) - set(inspect.signature(GENERATORS[name]).parameters)
+    if unknown:
+        raise c.fail("make", "params", f"{sorted(unknown)} for '{name}'",
+                     f"arguments of {name}: {', '.join(inspect.signature(GENERATORS[name]).parameters)}")
     return GENERATORS[name](**kwargs)
 
 
@@ -91,7 +116,9 @@ def from_h5(data: h5io.H5Data, binary: bool = True) -> Dataset:
     x_test, y_test), checked: the sizes its params state (``n_train``, ``n_test`` when
     > 0, ``d``) match the arrays, inputs are finite and (when ``binary``) labels are +-1.
     A file whose provenance is right but whose arrays are not is refused before any step
-    computes with it."""
+    computes with it. Contract: ``data`` an :class:`memgen.h5io.H5Data` (h5io.read)."""
+    if not isinstance(data, h5io.H5Data):
+        raise c.fail("from_h5", "data", c.describe(data), "an h5io.H5Data (memgen.h5io.read)")
     path, params = data.path, data.params
     sizes = {"n_train": ("x_train", 0), "n_test": ("x_test", 0), "d": ("x_train", 1)}
     for key, (name, axis) in sizes.items():
@@ -119,9 +146,11 @@ def _two_class_split(x: np.ndarray, labels: np.ndarray, classes, n_train: int, n
     training points (and ``n_test`` test points, 0 = all) from the given pools. Returns
     x_train, y_train, x_test, y_test and the rows of the train and test points in the
     pools they came from."""
-    classes = [int(c) for c in classes]
+    classes = [c.integer(name, "classes", k) for k in c.array(name, "classes", classes, ndim=1)]
     if len(classes) != 2 or classes[0] == classes[1]:
         raise MemgenError(f"{name}: classes must be two different labels, got {classes}")
+    n_train, n_test, seed = c.integer(name, "n_train", n_train, lo=1), c.integer(name, "n_test", n_test, lo=0), \
+        c.integer(name, "seed", seed)
     rng = np.random.default_rng(seed)
 
     def pick(xs, ls):
@@ -157,6 +186,8 @@ def digits(n_train: int, n_test: int = 0, classes=(3, 8), seed: int = 0, labels:
     centred by the training mean and each image scaled to norm sqrt(d) (so x.x/d = 1, the
     analytic kernels' natural scale). ``meta["index_train"]``, ``meta["index_test"]``:
     the rows of the points in scikit-learn's data set.
+    Contract: n_train >= 1, n_test >= 0 and seed integers; classes two different integers;
+    labels sign or binary.
     """
     from sklearn.datasets import load_digits
 
@@ -195,12 +226,16 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
     ``classes[1]`` -> +1. ``n_train`` training points are a seeded draw from the five
     training batches; the test set is the test batch's images of the two classes
     (``n_test`` > 0: a seeded subset of that many).
+    Contract: n_train >= 1, n_test >= 0 and seed integers, checked before any file; classes
+    two different integers; root a path (missing files: a MemgenError naming them).
     """
     import pickle
     from pathlib import Path
 
+    n_train, n_test = c.integer("cifar2", "n_train", n_train, lo=1), c.integer("cifar2", "n_test", n_test, lo=0)
+    seed = c.integer("cifar2", "seed", seed)
+    missing = cifar_missing(root)  # checks root too
     base = Path(root)
-    missing = cifar_missing(root)
     if missing:
         raise MemgenError(
             f"cifar2: missing {', '.join(str(base / f) for f in missing)}; expected the CIFAR-10 python "
@@ -227,13 +262,22 @@ def cifar2(n_train: int = 128, n_test: int = 0, classes=(0, 1), seed: int = 0,
 
 
 def cifar_missing(root: str = "data/cifar-10-batches-py") -> list[str]:
-    """The CIFAR-10 batch files (:data:`CIFAR_FILES`) that are not under ``root``."""
+    """The CIFAR-10 batch files (:data:`CIFAR_FILES`) that are not under ``root`` (a path).
+    Contract: root a path (str or os.PathLike).
+    """
+    import os
     from pathlib import Path
+
+    if not isinstance(root, (str, os.PathLike)):
+        raise c.fail("cifar_missing", "root", c.describe(root), "a path (str or os.PathLike)")
 
     return [f for f in CIFAR_FILES if not (Path(root) / f).is_file()]
 
 
 def cifar_available(root: str = "data/cifar-10-batches-py") -> bool:
+    """Whether every CIFAR-10 batch file is under ``root`` (a path).
+    Contract: root a path (str or os.PathLike).
+    """
     return not cifar_missing(root)
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Generator
 import torch
 
 from memgen import MemgenError
+from memgen import contracts as c
 from memgen.progress import Progress
 
 
@@ -63,7 +64,15 @@ def flow(
 
     ``t``, ``dt``, ``step`` (and ``data`` = ``prepare(state)``, recomputed when None)
     let a run resume exactly where a saved one stopped.
+
+    Contract (checked when iteration starts: this is a generator): the three functions
+    callable; t finite; dt > 0; step an integer >= 0; grow >= 1; shrink > 1; min_dt > 0.
     """
+    for name, f in (("prepare", prepare), ("make_step", make_step), ("compare", compare)):
+        c.function("flow", name, f)
+    t, dt, step = c.number("flow", "t", t), c.number("flow", "dt", dt, lo=0, lo_open=True), c.integer("flow", "step", step, lo=0)
+    grow, shrink = c.number("flow", "grow", grow, lo=1), c.number("flow", "shrink", shrink, lo=1, lo_open=True)
+    min_dt = c.number("flow", "min_dt", min_dt, lo=0, lo_open=True)
     if data is None:
         data = prepare(state)
     while True:
@@ -90,8 +99,12 @@ def flow(
 def momentum_step(w: torch.Tensor, v: torch.Tensor | None, grad: torch.Tensor, dt: float, tau: float):
     """One step of dv/dt = -(v + grad)/tau, dw/dt = v; tau = 0 gives dw/dt = -grad.
 
-    Returns the new (w, v); inputs are not modified.
+    Returns the new (w, v); inputs are not modified. Contract (shapes only: it is the
+    training loop's step): grad of w's shape, v too when tau > 0; tau >= 0.
     """
+    if not tau >= 0 or grad.shape != w.shape or (tau > 0 and (v is None or v.shape != w.shape)):
+        raise MemgenError(f"momentum_step: w {tuple(w.shape)}, v {None if v is None else tuple(v.shape)}, grad "
+                          f"{tuple(grad.shape)}, tau {tau}; expected grad (and v when tau > 0) of w's shape, tau >= 0")
     if tau > 0:
         decay = math.exp(-dt / tau)
         v = torch.mul(v, decay).sub_(grad, alpha=1 - decay)
@@ -101,7 +114,10 @@ def momentum_step(w: torch.Tensor, v: torch.Tensor | None, grad: torch.Tensor, d
 
 
 def relative_change(g: torch.Tensor, g_new: torch.Tensor) -> float:
-    """||g - g'||^2 / (||g|| ||g'||), 0 when either is zero (feature_lazy's dgrad)."""
+    """||g - g'||^2 / (||g|| ||g'||), 0 when either is zero (feature_lazy's dgrad).
+    Contract (shapes only: the training loop's test): g_new of g's shape."""
+    if g.shape != g_new.shape:
+        raise c.fail("relative_change", "g_new", f"of shape {tuple(g_new.shape)}", f"g's shape {tuple(g.shape)}")
     n1, n2 = float(g.norm()), float(g_new.norm())
     if n1 == 0 or n2 == 0:
         return 0.0
@@ -110,7 +126,10 @@ def relative_change(g: torch.Tensor, g_new: torch.Tensor) -> float:
 
 
 def loglinspace(rate: float, step: float, end: int | None = None):
-    """Integers 0, 1, 2, ... dense at first, then every ~``step`` (upstream schedule)."""
+    """Integers 0, 1, 2, ... dense at first, then every ~``step`` (upstream schedule).
+    Contract (checked at the first value: a generator): rate >= 0, step > 0, end None or >= 0."""
+    rate, step = c.number("loglinspace", "rate", rate, lo=0), c.number("loglinspace", "step", step, lo=0, lo_open=True)
+    end = None if end is None else c.integer("loglinspace", "end", end, lo=0)
     t = 0
     while end is None or t <= end:
         yield t
@@ -145,6 +164,22 @@ def _as_tensor(v, like):
     return torch.as_tensor(v, dtype=like.dtype, device=like.device)
 
 
+def _linearized_inputs(fn: str, K, t, lr, continuous: bool, **named):
+    """(K, the named tensors (value, shape spec of "n" = len(K), "m" = len(k_test_train),
+    None = any) checked and in K's dtype, t (T,)); see :func:`linearized_predictions`."""
+    K = c.symmetric(fn, "k_train_train", c.tensor(fn, "k_train_train", K, shape=("n", "n"), finite=True, convert=True))
+    out, sizes = [], {"n": len(K)}
+    for name, (v, spec) in named.items():  # k_test_train first: it sets m
+        v = c.tensor(fn, name, v, shape=tuple(sizes.get(k) for k in spec), finite=True, convert=True, dtype=K.dtype)
+        sizes.setdefault("m", len(v))
+        out.append(v)
+    c.number(fn, "lr", lr, lo=0, lo_open=True)
+    t = c.tensor(fn, "t", t, finite=True, convert=True, dtype=K.dtype).reshape(-1)
+    if bool((t < 0).any()) or (not continuous and not bool((t == t.round()).all())):
+        raise c.fail(fn, "t", f"{t.tolist()[:8]}", "times >= 0" + ("" if continuous else ": integer step counts"))
+    return K, out, t
+
+
 def linearized_predictions(k_train_train, k_test_train, f0_train, f0_test, y_train, t, lr: float = 1.0,
                            continuous: bool = True):
     """Outputs of the linearized network on train and test at every time in ``t``.
@@ -159,11 +194,15 @@ def linearized_predictions(k_train_train, k_test_train, f0_train, f0_test, y_tra
     outside K's range moves the test outputs linearly in t, as the linear model does;
     it is zero when that component is zero). Returns (F_train (T, n), F_test (T, m)),
     leading time axis; tensors in k_train_train's dtype.
+
+    Contract (:func:`_linearized_inputs`): K finite symmetric (n, n), n >= 1 (the
+    reference dtype; the others converted to it), k_test_train finite (m, n), f0_train
+    and y_train finite (n,), f0_test finite (m,), t finite >= 0 (scalar or 1-D; integer
+    step counts unless ``continuous``), lr > 0.
     """
-    K = torch.as_tensor(k_train_train)
-    Kst = _as_tensor(k_test_train, K)
-    f0tr, f0te, y = (_as_tensor(v, K).reshape(-1) for v in (f0_train, f0_test, y_train))
-    t = _as_tensor(t, K).reshape(-1)
+    K, (Kst, f0tr, f0te, y), t = _linearized_inputs("linearized_predictions", k_train_train, t, lr, continuous,
+                                                    k_test_train=(k_test_train, (None, "n")), f0_train=(f0_train, ("n",)),
+                                                    f0_test=(f0_test, ("m",)), y_train=(y_train, ("n",)))
     n = K.shape[0]
     lam, V = torch.linalg.eigh((K + K.t()) / 2)
     lam = torch.where(lam.abs() <= n * torch.finfo(K.dtype).eps * lam.abs().max(), torch.zeros_like(lam), lam)
@@ -181,11 +220,13 @@ def linearized_weights(w0, vjp, k_train_train, f0_train, y_train, t, lr: float =
 
     (E as in :func:`linearized_predictions`; eta = lr / n). ``vjp(g)`` must return
     J^T g for g (n,) -- e.g. :func:`memgen.kernels.model_vjp` -- so J is never formed:
-    one vector-Jacobian product per time. Returns (T, P).
+    one vector-Jacobian product per time. Returns (T, P). Contract as
+    :func:`linearized_predictions`; w0 finite (P,); vjp callable.
     """
-    K = torch.as_tensor(k_train_train)
-    f0, y = (_as_tensor(v, K).reshape(-1) for v in (f0_train, y_train))
-    t = _as_tensor(t, K).reshape(-1)
+    K, (f0, y), t = _linearized_inputs("linearized_weights", k_train_train, t, lr, continuous,
+                                       f0_train=(f0_train, ("n",)), y_train=(y_train, ("n",)))
+    c.tensor("linearized_weights", "w0", w0, ndim=1, finite=True)
+    c.function("linearized_weights", "vjp", vjp)
     n = K.shape[0]
     lam, V = torch.linalg.eigh((K + K.t()) / 2)
     lam = torch.where(lam.abs() <= n * torch.finfo(K.dtype).eps * lam.abs().max(), torch.zeros_like(lam), lam)
@@ -210,7 +251,19 @@ def gd_mse(model, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float, 
     included if listed). Stops at the first non-finite f (diverged). ``progress``: label
     of progress lines on stderr; None: silent. Returns (w, f, diverged) at the last step
     evaluated (w_steps, f(w_steps) unless diverged).
+
+    Contract: ``model`` with ``forward`` and ``vjp``; w finite (P,) (the reference dtype);
+    x finite (n, ...) and y finite (n,), n >= 1, converted to w's dtype; lr > 0; steps an
+    integer >= 0; ``record`` integers in [0, steps]; ``on_record`` callable or None.
     """
+    if not (callable(getattr(model, "forward", None)) and callable(getattr(model, "vjp", None))):
+        raise c.fail("gd_mse", "model", c.describe(model), "a model with forward(w, x) and vjp(cache, g) (FlatFC)")
+    w = c.tensor("gd_mse", "w", w, ndim=1, finite=True)
+    x = c.tensor("gd_mse", "x", x, finite=True, dtype=w.dtype)
+    y = c.tensor("gd_mse", "y", y, shape=(len(x) if x.dim() else -1,), finite=True, dtype=w.dtype)
+    lr, steps = c.number("gd_mse", "lr", lr, lo=0, lo_open=True), c.integer("gd_mse", "steps", steps, lo=0)
+    record = [c.integer("gd_mse", "record", r, lo=0, hi=steps) for r in record]
+    c.function("gd_mse", "on_record", on_record, optional=True)
     n = len(y)
     record = set(int(r) for r in record)
     f = None

@@ -32,6 +32,10 @@ row is then still mean zero with covariance diag(s^2)). GD then decouples exactl
 feature by feature and :func:`memgen.theory.linear_gd_risk` is exact.
 
 All tensors are torch float64 (as in :mod:`memgen.data`); numpy input is accepted.
+Every function checks its contract on entry (:mod:`memgen.contracts`; MemgenError
+naming the argument). The diagnostics (:func:`group_weight_error`,
+:func:`two_layer_jacobian`, :func:`jacobian_spectrum`, :func:`jacobian_spectra`) live in
+:mod:`memgen.linear_diagnostics` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import numpy as np
 import torch
 
 from memgen import MemgenError
+from memgen import contracts as c
 from memgen.progress import Progress
 
 DTYPE = torch.float64
@@ -52,22 +57,31 @@ def _t(a) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a, dtype=DTYPE)
 
 
+_arg = c.float64_tensor
+
+
+def _per_feature(fn: str, name: str, a, d: int, **checks) -> torch.Tensor:
+    """None (ones), one number or d numbers (:func:`memgen.contracts.per_feature`), (d,)."""
+    return torch.from_numpy(c.per_feature(fn, name, a, d, default=1.0, **checks))
+
+
 def two_group_scales(d: int, kappa: float, frac: float = 0.5, sizes: Sequence[int] | None = None,
                      s_fast: float = 1.0) -> torch.Tensor:
     """Feature scales of two groups: ``d1`` features of scale ``s_fast``, then ``d2`` of
     scale ``s_fast / sqrt(kappa)`` (eigenvalue ratio ``kappa``).
 
-    ``sizes=(d1, d2)`` wins over ``frac`` (``d1 = round(frac * d)``).
+    ``sizes=(d1, d2)`` wins over ``frac`` (``d1 = round(frac * d)``). Contract: d >= 1,
+    kappa > 0, s_fast > 0, frac in [0, 1].
     """
-    if kappa <= 0:
-        raise MemgenError(f"two_group_scales: kappa must be > 0, got {kappa}")
+    d = c.integer("two_group_scales", "d", d, lo=1)
+    kappa = c.number("two_group_scales", "kappa", kappa, lo=0, lo_open=True)
+    s_fast = c.number("two_group_scales", "s_fast", s_fast, lo=0, lo_open=True)
     if sizes is not None:
         d1, d2 = (int(v) for v in sizes)
         if d1 + d2 != d or d1 < 0 or d2 < 0:
             raise MemgenError(f"two_group_scales: sizes {tuple(sizes)} do not split d={d}")
     else:
-        if not 0 <= frac <= 1:
-            raise MemgenError(f"two_group_scales: frac must lie in [0, 1], got {frac}")
+        frac = c.number("two_group_scales", "frac", frac, lo=0, hi=1)
         d1 = int(round(frac * d))
         d2 = d - d1
     return torch.cat([torch.full((d1,), float(s_fast), dtype=DTYPE),
@@ -82,10 +96,15 @@ def linear_teacher(n: int, d: int, s=None, theta=None, noise_std: float = 0.0, s
     ``theta``: teacher (default all ones). ``batch``: draw that many independent data sets
     at once, shapes (batch, n, d) and (batch, n) (used for Monte-Carlo averages).
     ``decoupled=True`` needs ``n >= d`` and gives ``X^T X / n = diag(s^2)`` exactly.
+    Contract: n, d >= 1; s >= 0 and theta finite (one number or d); noise_std >= 0;
+    batch None or >= 1.
     """
-    s = torch.ones(d, dtype=DTYPE) if s is None else _t(s).expand(d).clone()
-    theta = torch.ones(d, dtype=DTYPE) if theta is None else _t(theta).expand(d).clone()
-    gen = torch.Generator().manual_seed(int(seed))
+    fn = "linear_teacher"
+    n, d = c.integer(fn, "n", n, lo=1), c.integer(fn, "d", d, lo=1)
+    s, theta = _per_feature(fn, "s", s, d, lo=0), _per_feature(fn, "theta", theta, d)
+    noise_std = c.number(fn, "noise_std", noise_std, lo=0)
+    batch = None if batch is None else c.integer(fn, "batch", batch, lo=1)
+    gen = torch.Generator().manual_seed(c.integer(fn, "seed", seed))
     shape = (n, d) if batch is None else (batch, n, d)
     g = torch.randn(shape, generator=gen, dtype=DTYPE)
     if decoupled:
@@ -103,7 +122,16 @@ def linear_teacher(n: int, d: int, s=None, theta=None, noise_std: float = 0.0, s
 
 
 def population_risk(w, s, theta, noise_std: float = 0.0) -> torch.Tensor:
-    """``sum_i s_i^2 (w_i - theta_i)^2 + noise_std^2`` over the last axis of w."""
+    """``sum_i s_i^2 (w_i - theta_i)^2 + noise_std^2`` over the last axis of w. Contract: w
+    finite (..., d), d >= 1; s and theta one number or (d,); noise_std >= 0."""
+    w = _arg("population_risk", "w", w, ndim=range(1, 8))
+    d = w.shape[-1]
+    s, theta = (_per_feature("population_risk", k, a, d) for k, a in (("s", s), ("theta", theta)))
+    return _risk(w, s, theta, c.number("population_risk", "noise_std", noise_std, lo=0))
+
+
+def _risk(w, s, theta, noise_std: float) -> torch.Tensor:
+    """population_risk without checks (a diverged run's non-finite weights give NaN risk)."""
     w = _t(w)
     return ((w - _t(theta)) ** 2 * _t(s) ** 2).sum(-1) + float(noise_std) ** 2
 
@@ -126,14 +154,25 @@ def linear_gd(X, y, steps: int, lr, w0=None, record: Sequence[int] | None = None
     Returns the weights at steps ``0..steps`` (shape (steps+1, …, d)), or only at the
     steps listed in ``record`` (shape (len(record), …, d)). ``w0`` defaults to zero.
     ``progress``: label of progress lines (memgen.progress) on stderr; None: silent.
+    Contract: X finite (..., n, d), n, d >= 1, y finite (..., n); steps an integer >= 0;
+    lr one number or (d,), >= 0; w0 None, (d,) or (..., d); ``record`` integers in
+    [0, steps].
     """
+    fn = "linear_gd"
+    X = _arg(fn, "X", X, ndim=range(2, 8))
+    y = _arg(fn, "y", y, X.shape[:-1])
+    steps = c.integer(fn, "steps", steps, lo=0)
     A, b = _normal_equations(X, y)
     d = A.shape[-1]
-    lr = _t(lr)
+    lr = _arg(fn, "lr", lr, lo=0, ndim=(0, 1))
     if lr.ndim and lr.shape[-1] != d:
         raise MemgenError(f"linear_gd: lr has {lr.shape[-1]} entries for d={d} features")
+    if w0 is not None:
+        w0 = _arg(fn, "w0", w0, ndim=range(0, 8))
+        if w0.ndim and torch.broadcast_shapes(w0.shape, b.shape) != b.shape:
+            raise c.fail(fn, "w0", f"of shape {tuple(w0.shape)}", f"(d,) or {tuple(b.shape)}")
     w = torch.zeros(b.shape, dtype=DTYPE) if w0 is None else _t(w0).expand(b.shape).clone()
-    want = range(steps + 1) if record is None else sorted({int(k) for k in record})
+    want = range(steps + 1) if record is None else sorted({c.integer(fn, "record", k) for k in record})
     if want and (min(want) < 0 or max(want) > steps):
         raise MemgenError(f"linear_gd: record steps must lie in [0, {steps}]")
     wanted = set(want)
@@ -163,8 +202,11 @@ def per_group_step_sizes(s, rate: float = 0.5, groups: Sequence[int] | None = No
     2021, Sec. 3). ``groups`` (one label per feature): use the group's mean ``s^2``
     instead of each feature's own (identical for exact two-group spectra).
     ``rate`` must lie in (0, 2) for convergence; 1 solves the decoupled problem in a step.
+    Contract: s finite (d,) with s_i != 0 (lr_i = rate / s_i^2).
     """
-    s2 = _t(s) ** 2
+    s2 = _arg("per_group_step_sizes", "s", s, ndim=1) ** 2
+    if not bool((s2 > 0).all()):
+        raise c.fail("per_group_step_sizes", "s", "zero in some entry", "feature scales s_i != 0 (lr_i = rate / s_i^2)")
     if groups is not None:
         labels = np.asarray(groups)
         if labels.shape != (s2.shape[0],):
@@ -172,7 +214,7 @@ def per_group_step_sizes(s, rate: float = 0.5, groups: Sequence[int] | None = No
         for g in np.unique(labels):
             m = torch.as_tensor(labels == g)
             s2[m] = s2[m].mean()
-    if not 0 < rate < 2:
+    if not 0 < c.number("per_group_step_sizes", "rate", rate) < 2:
         raise MemgenError(f"per_group_step_sizes: rate must lie in (0, 2), got {rate}")
     return rate / s2
 
@@ -208,9 +250,11 @@ def two_layer_init(d: int, p: int, init: str = "gaussian", scale=0.1, seed: int 
       end-to-end ``w = u q``.
     The last two are exactly rank-one aligned, so GD keeps them so and
     :func:`memgen.theory.two_layer_ode_risk` is the exact (continuous-time) reduction.
+    Contract: d, p >= 1; scale >= 0 (one number or a pair).
     """
-    sw, sv = (float(scale), float(scale)) if np.ndim(scale) == 0 else (float(scale[0]), float(scale[1]))
-    gen = torch.Generator().manual_seed(int(seed))
+    d, p = c.integer("two_layer_init", "d", d, lo=1), c.integer("two_layer_init", "p", p, lo=1)
+    sw, sv = c.pair("two_layer_init", "scale", scale, lo=0)
+    gen = torch.Generator().manual_seed(c.integer("two_layer_init", "seed", seed))
     if init == "gaussian":
         W = torch.randn(p, d, generator=gen, dtype=DTYPE) * sw
         v = torch.randn(p, generator=gen, dtype=DTYPE) * sv
@@ -241,12 +285,20 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
     ``progress``: label of progress lines (memgen.progress) on stderr; None: silent.
     ``resume``: a :class:`memgen.resume.ResumePoint`: the run continues from its saved
     (step, W, v) and saves one as it goes (GD is deterministic: the same arrays).
+    Contract: X finite (n, d), y finite (n,); s, theta one number or (d,); noise_std >= 0;
+    steps an integer >= 0; lr > 0 (one or a pair); W0 (p, d) and v0 (p,) both or neither.
     """
-    X, y = _t(X), _t(y)
+    fn = "train_two_layer"
+    X, y = map(torch.from_numpy, c.design(fn, X, y))
     n, d = X.shape
-    lr_W, lr_v = (float(lr), float(lr)) if np.ndim(lr) == 0 else (float(lr[0]), float(lr[1]))
-    if W0 is None or v0 is None:
+    s, theta = _per_feature(fn, "s", s, d, lo=0), _per_feature(fn, "theta", theta, d)
+    noise_std, steps = c.number(fn, "noise_std", noise_std, lo=0), c.integer(fn, "steps", steps, lo=0)
+    lr_W, lr_v = c.pair(fn, "lr", lr, lo=0, lo_open=True)
+    if (W0 is None) != (v0 is None):
+        raise c.fail(fn, "W0" if W0 is None else "v0", "None", "W0 and v0 both given or both None")
+    if W0 is None:
         W0, v0 = two_layer_init(d, p, init, scale, seed)
+    W0, v0 = map(torch.from_numpy, c.layers(fn, W0, v0, d, ("W0", "v0")))
     W, v = _t(W0).clone(), _t(v0).clone()
     A, b = _normal_equations(X, y)
     yy = float(y @ y) / n
@@ -269,79 +321,21 @@ def train_two_layer(X, y, s, theta, noise_std: float, steps: int, lr, p: int = 5
         if resume is not None:  # k + 1 steps done: W, v are the state at step k + 1
             resume.checkpoint(k + 1, lambda: {"W": W.numpy(), "v": v.numpy(), "ws": ws[:k + 1].numpy()})
     bar.finish(steps)
-    risk = population_risk(ws, s, theta, noise_std)
+    risk = _risk(ws, s, theta, noise_std)
     # 1/(2n)||Xw - y||^2 = (w^T A w - 2 b^T w + y^T y / n) / 2
     loss = 0.5 * (((ws @ A) * ws).sum(-1) - 2 * ws @ b + yy)
     return TwoLayerRun(risk=risk, loss=loss, w=ws, W=W, v=v, W0=_t(W0), v0=_t(v0))
-
-
-# ---------------------------------------------------------------------------------------
-# diagnostics: per-group weight errors, the Jacobian of the two-layer network
-# ---------------------------------------------------------------------------------------
-
-
-def group_weight_error(w, theta, sizes: Sequence[int]) -> torch.Tensor:
-    """The seed's "MSE weights" per group: the mean over each group of features of
-    ``((w_i - theta_i) / theta_i)^2`` (relative squared error of the end-to-end weights).
-
-    ``w``: (..., d); ``sizes = (d1, d2, ...)`` splits the features in order (for
-    :func:`two_group_scales`: the large-eigenvalue group first). Returns (..., len(sizes)).
-    ``theta_i`` must be nonzero.
-    """
-    w, theta = _t(w), _t(theta)
-    if sum(int(k) for k in sizes) != w.shape[-1]:
-        raise MemgenError(f"group_weight_error: sizes {tuple(sizes)} do not split d={w.shape[-1]}")
-    if bool((theta == 0).any()):
-        raise MemgenError("group_weight_error: theta has zero entries (relative error undefined)")
-    rel = ((w - theta) / theta) ** 2
-    return torch.stack([part.mean(-1) for part in torch.split(rel, [int(k) for k in sizes], dim=-1)], dim=-1)
-
-
-def two_layer_jacobian(X, W, v) -> torch.Tensor:
-    """Jacobian of the outputs ``f(x_k) = v^T W x_k`` on the rows of X with respect to the
-    parameters, shape (n, p*d + p): first ``df/dW_jl = v_j x_kl`` (W flattened row-major),
-    then ``df/dv_j = (W x_k)_j``. (The seed's ``get_jacobian_two_layer`` keeps the W block
-    only: it skips parameters with fewer than 2 dimensions, but torch's second layer
-    weight is (1, p), so both blocks are in; same columns up to order.)
-    """
-    X, W, v = _t(X), _t(W), _t(v)
-    n = X.shape[0]
-    JW = (v[None, :, None] * X[:, None, :]).reshape(n, -1)
-    return torch.cat([JW, X @ W.T], dim=1)
-
-
-def jacobian_spectrum(X, W, v) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values of :func:`two_layer_jacobian` (descending, min(n, p*d + p) of
-    them) and, per right singular vector, the share of its squared norm on the W block
-    (the seed's ``v1^2 / (v1^2 + v2^2)``; 1 - share lies on v).
-
-    ``J J^T = ||v||^2 X X^T + X W^T W X^T``: the first term is the second layer's, the
-    second the first layer's contribution to the network's tangent kernel.
-    """
-    J = two_layer_jacobian(X, W, v)
-    _, sv, Vh = torch.linalg.svd(J, full_matrices=False)
-    pd = _t(W).numel()
-    share = (Vh[:, :pd] ** 2).sum(-1) / (Vh**2).sum(-1)
-    return sv, share
-
-
-def jacobian_spectra(X, run: TwoLayerRun):
-    """:func:`jacobian_spectrum` of a :class:`TwoLayerRun` at init and at the end:
-    (sv_init, share_init, sv_final, share_final, diverged). A run whose risk or layers are
-    not finite (GD diverged) has no final spectrum (the SVD refuses non-finite input):
-    NaN of the init's shapes, and ``diverged`` True."""
-    sv0, share0 = jacobian_spectrum(X, run.W0, run.v0)
-    diverged = not (torch.isfinite(run.risk).all() and torch.isfinite(run.W).all() and torch.isfinite(run.v).all())
-    sv1, share1 = ((torch.full_like(sv0, torch.nan), torch.full_like(share0, torch.nan)) if diverged
-                   else jacobian_spectrum(X, run.W, run.v))
-    return sv0, share0, sv1, share1, diverged
 
 
 def two_group_teacher(d_fast: int, d_slow: int, kappa: float, theta_fast: float, theta_slow: float,
                       s_fast: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature scales and teacher of the two-group problem: ``(s, theta)`` with
     ``s = two_group_scales(d_fast + d_slow, kappa, sizes=(d_fast, d_slow))`` and theta
-    equal to ``theta_fast`` on the large-eigenvalue group, ``theta_slow`` on the small."""
+    equal to ``theta_fast`` on the large-eigenvalue group, ``theta_slow`` on the small.
+    Contract: d_fast, d_slow >= 0 with d_fast + d_slow >= 1; theta_fast, theta_slow finite."""
+    fn = "two_group_teacher"
+    d_fast, d_slow = c.integer(fn, "d_fast", d_fast, lo=0), c.integer(fn, "d_slow", d_slow, lo=0)
+    theta_fast, theta_slow = c.number(fn, "theta_fast", theta_fast), c.number(fn, "theta_slow", theta_slow)
     s = two_group_scales(d_fast + d_slow, kappa, sizes=(d_fast, d_slow), s_fast=s_fast)
     theta = torch.cat([torch.full((d_fast,), float(theta_fast), dtype=DTYPE),
                        torch.full((d_slow,), float(theta_slow), dtype=DTYPE)])
@@ -350,8 +344,14 @@ def two_group_teacher(d_fast: int, d_slow: int, kappa: float, theta_fast: float,
 
 def logged_steps(steps: int, count: int) -> np.ndarray:
     """Step 0 and about ``count`` log-spaced steps in [1, steps] (integers, unique, sorted,
-    the last one ``steps``): where runs record their state."""
+    the last one ``steps``): where runs record their state. Contract: steps an integer
+    >= 0, count >= 1."""
+    steps, count = c.integer("logged_steps", "steps", steps, lo=0), c.integer("logged_steps", "count", count, lo=1)
     if steps < 1:
         return np.zeros(1, dtype=np.int64)
     k = np.unique(np.r_[0, np.rint(np.geomspace(1, steps, max(int(count), 2))).astype(np.int64), steps])
     return k
+
+
+from memgen.linear_diagnostics import (group_weight_error, jacobian_spectra, jacobian_spectrum,  # noqa: E402,F401
+                                       two_layer_jacobian)

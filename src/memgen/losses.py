@@ -18,14 +18,19 @@ LOSSES = ("soft_hinge", "hinge", "mse")
 
 @dataclass(frozen=True)
 class Loss:
+    """A margin loss by name (one of :data:`LOSSES`; soft_hinge: ``beta`` finite > 0,
+    checked on construction). value/derivative take z unchecked (the training loop's).
+    Contract: name one of LOSSES; soft_hinge: beta a finite number > 0.
+    """
+
     name: str = "soft_hinge"
     beta: float = 20.0
 
     def __post_init__(self):
         if self.name not in LOSSES:
             raise MemgenError(f"loss.name: unknown '{self.name}'; allowed: {', '.join(LOSSES)}")
-        if self.name == "soft_hinge" and not self.beta > 0:
-            raise MemgenError(f"loss.beta: must be > 0, got {self.beta}")
+        if self.name == "soft_hinge" and not (isinstance(self.beta, (int, float)) and 0 < self.beta < float("inf")):
+            raise MemgenError(f"loss.beta: must be a finite number > 0, got {self.beta}")
 
     def value(self, z: torch.Tensor) -> torch.Tensor:
         if self.name == "soft_hinge":

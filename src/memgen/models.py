@@ -13,7 +13,8 @@ family's config sets it, as upstream does) it is multiplied by the constant c th
 makes E[phi(z)^2] = 1 for z ~ N(0, 1) (upstream does this by sampling; memgen uses
 Gauss-Hermite quadrature); the default ``normalize=False`` leaves phi unscaled.
 
-Each activation is defined once (:data:`ACTIVATION_FUNCTIONS`: its value and its
+Each activation is defined once (:mod:`memgen.activations`, re-exported here:
+:data:`ACTIVATION_FUNCTIONS`: its value and its
 derivative, written into a given tensor or, without one, as differentiable torch ops);
 every path evaluates that definition: :class:`Activation` (autograd and in place),
 :class:`FlatFC`'s folded fast path and :func:`activation_constant`.
@@ -26,135 +27,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from memgen import MemgenError
+from memgen import MemgenError, contracts
+from memgen.activations import (ACTIVATION_FUNCTIONS, ACTIVATIONS, SOFTPLUS_THRESHOLD,  # noqa: F401 (re-exported)
+                                Activation, ActivationFunction, activation_constant)
 
-# softplus(u) = u for u = beta z > 30: log1p(exp(-30)) ~ 1e-13 is below float64 rounding of
-# u, and exp(beta z) can no longer overflow (it does past beta z ~ 709 without a cutoff).
-SOFTPLUS_THRESHOLD = 30.0
 LAST_LAYERS = ("mean_field", "ntk")
-
-# ---------------------------------------------------------------- the activations, once
-#
-# value(z, beta, out=None) -> act(z); derivative(z, value, beta, out=None) -> act'(z), where
-# ``value`` is act(z) (tanh's derivative is 1 - value^2). With ``out`` the result is written
-# there (no allocation; out may be z itself for the derivative, after the value is taken);
-# without, the ops are out-of-place and differentiable. ``beta`` is softplus's sharpness
-# (ignored by relu and tanh).
-
-
-def _relu(z: torch.Tensor, beta: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.clamp_min(z, 0, out=out)
-
-
-def _relu_derivative(z, value, beta, out=None):
-    return torch.gt(z, 0).to(z.dtype) if out is None else torch.gt(z, 0, out=out)
-
-
-def _tanh(z, beta, out=None):
-    return torch.tanh(z, out=out)
-
-
-def _tanh_derivative(z, value, beta, out=None):
-    return torch.mul(value, value, out=out).neg_().add_(1)  # 1 - tanh(z)^2
-
-
-def _softplus(z, beta, out=None):  # log1p(exp(beta z)) / beta, z where beta z > SOFTPLUS_THRESHOLD
-    op = torch.ops.aten.softplus
-    return op(z, beta, SOFTPLUS_THRESHOLD) if out is None else op.out(z, beta, SOFTPLUS_THRESHOLD, out=out)
-
-
-def _softplus_derivative(z, value, beta, out=None):  # sigmoid(beta z)
-    return torch.sigmoid(z if beta == 1.0 else torch.mul(z, beta, out=out), out=out)
-
-
-class ActivationFunction(NamedTuple):
-    value: Callable
-    derivative: Callable
-    prescaled: bool  # the fast path evaluates it on u = beta z with beta 1 (softplus)
-
-
-ACTIVATION_FUNCTIONS = {
-    "relu": ActivationFunction(_relu, _relu_derivative, False),
-    "tanh": ActivationFunction(_tanh, _tanh_derivative, False),
-    "softplus": ActivationFunction(_softplus, _softplus_derivative, True),
-}
-ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
-
-
-def _function(name: str) -> ActivationFunction:
-    if name not in ACTIVATION_FUNCTIONS:
-        raise MemgenError(f"activation: unknown '{name}'; allowed: {', '.join(ACTIVATIONS)}")
-    return ACTIVATION_FUNCTIONS[name]
-
-
-@lru_cache(maxsize=None)
-def activation_constant(name: str, beta: float = 5.0) -> float:
-    """c such that E[(c * act(z))^2] = 1, z ~ N(0, 1) (Gauss-Hermite, 200 nodes; act
-    evaluated by its torch definition in float64)."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(200)
-    phi = _function(name).value(torch.from_numpy(nodes), float(beta)).numpy()
-    second_moment = float(np.sum(weights * phi**2) / np.sqrt(2 * np.pi))
-    return 1.0 / math.sqrt(second_moment)
-
-
-@dataclass(frozen=True)
-class Activation:
-    """phi(z) = c * act(z) and its derivative, on torch tensors; c = 1 unless ``normalize``
-    (then E[phi(z)^2] = 1 for z ~ N(0, 1), :func:`activation_constant`)."""
-
-    name: str = "softplus"
-    beta: float = 5.0
-    normalize: bool = False
-
-    def __post_init__(self):
-        _function(self.name)
-        if self.name == "softplus" and not self.beta > 0:
-            raise MemgenError(f"activation.beta: must be > 0, got {self.beta}")
-
-    @property
-    def c(self) -> float:
-        return activation_constant(self.name, self.beta) if self.normalize else 1.0
-
-    @property
-    def function(self) -> ActivationFunction:
-        return ACTIVATION_FUNCTIONS[self.name]
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        """phi(z) alone (differentiable; the same numbers as ``value_and_derivative(z)[0]``)."""
-        c = self.c
-        value = self.function.value(z, self.beta)
-        return value if c == 1.0 else value * c
-
-    def value_and_derivative(self, z: torch.Tensor, consume: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(phi(z), phi'(z)); ``consume`` (outside autograd): phi'(z) is written over z."""
-        if z.requires_grad and torch.is_grad_enabled():  # differentiable path
-            c, fn = self.c, self.function
-            value = fn.value(z, self.beta)
-            deriv = fn.derivative(z, value, self.beta)
-            return (value, deriv) if c == 1.0 else (value * c, deriv * c)
-        return self.into(z, torch.empty_like(z), z if consume else torch.empty_like(z))
-
-    def into(self, z: torch.Tensor, value: torch.Tensor, deriv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi(z) and phi'(z) written into ``value`` and ``deriv`` (no autograd, no
-        allocation; ``deriv`` may be z). The same numbers as the differentiable path."""
-        fn, c = self.function, self.c
-        fn.value(z, self.beta, out=value)
-        fn.derivative(z, value, self.beta, out=deriv)
-        if c != 1.0:
-            value.mul_(c)
-            deriv.mul_(c)
-        return value, deriv
 
 
 @dataclass(frozen=True)
 class FCSpec:
+    """Contract: d, h, L integers >= 1 (not bools); last_layer mean_field or ntk; the
+    activation as :class:`Activation`.
+    """
+
     d: int
     h: int
     L: int
@@ -166,7 +56,8 @@ class FCSpec:
 
     def __post_init__(self):
         for key in ("d", "h", "L"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MemgenError(f"model.{key}: must be a positive integer, got {getattr(self, key)!r}")
         if self.last_layer not in LAST_LAYERS:
             raise MemgenError(f"model.last_layer: unknown '{self.last_layer}'; allowed: {', '.join(LAST_LAYERS)}")
@@ -202,14 +93,16 @@ class FCSpec:
 class FC(nn.Module):
     """Fully connected scalar-output network (see module docstring): ``activation`` is
     the plain function (``"relu"`` = max(0, z)); ``normalize=True`` scales it so that
-    E[phi(z)^2] = 1."""
+    E[phi(z)^2] = 1. Contract: d, h, L integers >= 1, ``dtype`` float32 or float64, ``seed``
+    None or an integer; ``forward`` takes x (n, d), converted to the parameters' dtype."""
 
     def __init__(self, d: int, h: int, L: int, activation: str = "softplus", beta: float = 5.0,
                  normalize: bool = False, bias: bool = False, last_layer: str = "mean_field",
                  seed: int | None = None, dtype: torch.dtype = torch.float64):
         super().__init__()
-        self._set_spec(FCSpec(d, h, L, activation, float(beta), normalize, bias, last_layer))
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        contracts.choice("FC", "dtype", dtype, contracts.FLOAT_DTYPES)
+        self._set_spec(FCSpec(d, h, L, activation, contracts.number("FC", "beta", beta), normalize, bias, last_layer))
+        gen = torch.Generator().manual_seed(contracts.integer("FC", "seed", seed)) if seed is not None else None
         for name, shape in self.spec.shapes():
             init = torch.randn(shape, generator=gen, dtype=dtype) if name[0] == "W" else torch.zeros(shape, dtype=dtype)
             self.register_parameter(name, nn.Parameter(init))
@@ -224,8 +117,11 @@ class FC(nn.Module):
         """The FC of ``spec`` whose parameters are views into the flat vector ``w`` (P,)
         (the order of :meth:`flat_parameters` and :class:`FlatFC`): no copy and no random
         draw, so it costs nothing next to the network's use; writing to the parameters
-        writes into ``w``. Its dtype and device are w's."""
+        writes into ``w``. Its dtype and device are w's.
+        Contract: spec an FCSpec; w a float tensor (P,) of spec's P.
+        """
         flat = FlatFC(spec)
+        contracts.tensor("FC.from_flat", "w", w, nonempty=False)
         if w.dim() != 1 or w.numel() != flat.numel:
             raise MemgenError(f"FC.from_flat: w has shape {tuple(w.shape)}, the network {spec} needs ({flat.numel},)")
         net = cls.__new__(cls)
@@ -237,7 +133,11 @@ class FC(nn.Module):
         return net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x) of shape (n,) for x of shape (n, d)."""
+        """f(x) of shape (n,) for x of shape (n, d).
+        Contract: x a float tensor (n, d), n >= 1, converted to the parameters' dtype
+        (shapes only).
+        """
+        x = contracts.rows("FC.forward", "x", x, self.spec.d, dtype=self.W0.dtype, matrix=True)
         L = self.spec.L
         for i in range(L + 1):
             x = x @ getattr(self, f"W{i}").t() * self._scales[i]
@@ -259,6 +159,10 @@ class FC(nn.Module):
                 for i in range(self.spec.L + 1)]
 
     def load_flat(self, w: torch.Tensor) -> "FC":
+        """Copy a flat (P,) vector (the order of :meth:`flat_parameters`) into the parameters.
+        Contract: w finite (P,).
+        """
+        contracts.tensor("FC.load_flat", "w", w, shape=(sum(p.numel() for p in self.parameters()),), finite=True)
         with torch.no_grad():
             torch.nn.utils.vector_to_parameters(w, self.parameters())
         return self
@@ -269,10 +173,13 @@ class FlatFC:
 
     ``forward(w, x)`` returns f (n,) and a cache; ``vjp(cache, g)`` returns the flat
     gradient of ``sum_i g_i f(x_i)`` with respect to ``w`` (hand-written backward, one
-    matrix product per layer, no autograd graph).
+    matrix product per layer, no autograd graph). Contract (shapes only: the training
+    loop's path): w (P,), x (n, d) (converted to w's dtype), g (n,).
     """
 
     def __init__(self, spec: FCSpec):
+        if not isinstance(spec, FCSpec):
+            raise contracts.fail("FlatFC", "spec", contracts.describe(spec), "an FCSpec")
         self.spec = spec
         self.act = spec.act
         self.scales = spec.scales()
@@ -290,11 +197,21 @@ class FlatFC:
         return [(by_name[f"W{i}"], by_name.get(f"B{i}")) for i in range(self.spec.L + 1)]
 
     def forward(self, w: torch.Tensor, x: torch.Tensor, keep: bool = True):
-        """f(x) (n,), and a cache of inputs / activation derivatives for :meth:`vjp`."""
-        return self._forward(w, x, keep, None)
+        """f(x) (n,), and a cache of inputs / activation derivatives for :meth:`vjp`.
+        Contract: w (P,); x a float tensor (n, d), converted to w's dtype (shapes only: the
+        training loop's path).
+        """
+        if not torch.is_tensor(w) or w.shape != (self.numel,):
+            raise contracts.fail("FlatFC.forward", "w", contracts.describe(w), f"shape ({self.numel},) (the network's P)")
+        return self._forward(w, contracts.rows("FlatFC.forward", "x", x, self.spec.d, dtype=w.dtype, matrix=True), keep, None)
 
     def vjp(self, cache, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Flat gradient of sum_i g_i f(x_i); written into ``out`` if given."""
+        """Flat gradient of sum_i g_i f(x_i); written into ``out`` if given.
+        Contract: the cache of forward(keep=True); g with n entries.
+        """
+        n = len(cache[1][0]) if cache[1] else None  # None: the cache of forward(keep=False)
+        if n is None or not torch.is_tensor(g) or g.numel() != n:
+            raise contracts.fail("FlatFC.vjp", "g", contracts.describe(g), f"{n} entries (a forward(keep=True) cache)")
         return self._vjp(cache, g, out, None)
 
     # Internals. ``work`` None: the plain computation above. ``work`` a dict: the trainer's

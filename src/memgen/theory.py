@@ -12,21 +12,27 @@ numpy float64 arrays.
   integrated with :func:`scipy.integrate.solve_ivp`.
 - :func:`linear_gd_group_curves` / :func:`two_layer_theory`: the per-group curves and
   the two-layer network's ODE and lazy predictions the double-descent steps store.
-- :func:`modelwise_risk`: min-norm least squares on isotropic Gaussian features vs the
+- :func:`modelwise_risk` (defined in :mod:`memgen.modelwise`, re-exported): min-norm least squares on isotropic Gaussian features vs the
   ratio n/p (model-wise double descent, peak at n/p = 1).
 - :func:`gd_flow_risk_isotropic` / :func:`early_stopped_modelwise_risk`: the same
   problem trained by gradient flow from zero, risk over time from the Marchenko-Pastur
   law, and its optimally early-stopped value (no peak).
+
+Contracts (checked on entry, :mod:`memgen.contracts`): array arguments are real, finite
+and of the shapes each docstring names (d features, n samples, p hidden units); step
+counts are integers >= 0 (a scalar K means k = 0..K); scales, noise levels, SNRs and
+ratios >= 0, n >= 1; a bad one raises MemgenError naming it. Inputs are converted to
+float64.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
 from memgen import MemgenError
+from memgen import contracts as c
+from memgen.modelwise import early_stopped_modelwise_risk, gd_flow_risk_isotropic, modelwise_risk  # noqa: F401
 
 
 def _np(a) -> np.ndarray:
@@ -40,9 +46,27 @@ def _np(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _steps(steps) -> np.ndarray:
-    k = np.arange(int(steps) + 1) if np.ndim(steps) == 0 else _np(steps)
-    return k
+def _steps(fn: str, steps, name: str = "steps") -> np.ndarray:
+    """k = 0..K for an integer K >= 0, or a 1-D array of step counts >= 0."""
+    if np.ndim(steps) == 0:
+        return np.arange(c.integer(fn, name, steps.item() if hasattr(steps, "item") else steps, lo=0) + 1)
+    return c.array(fn, name, steps, ndim=1, lo=0)
+
+
+def _gd_inputs(fn: str, steps, s, theta, noise_std, n, lr, w0):
+    """The checked (k (K, 1), s^2, theta, w0, lr, noise_std, n) of linear GD (see
+    :func:`linear_gd_weight_error`)."""
+    s = c.array(fn, "s", s, ndim=1, lo=0)
+    d = s.shape[0]
+    theta, w0 = c.per_feature(fn, "theta", theta, d), c.per_feature(fn, "w0", w0, d, default=0.0)
+    lr = c.per_feature(fn, "lr", lr, d, lo=0)
+    noise_std, n = c.number(fn, "noise_std", noise_std, lo=0), c.integer(fn, "n", n, lo=1)
+    k = _steps(fn, steps)
+    s2 = s**2
+    if (k != np.round(k)).any() and (1.0 - lr * s2 < 0).any():
+        raise c.fail(fn, "steps", "fractional while some lr_i s_i^2 > 1", "integer step counts: (1 - lr_i s_i^2)^k "
+                     "of a negative base is defined for integer k only (fractional k need every lr_i s_i^2 <= 1)")
+    return k[:, None], s2, theta, w0, lr, noise_std, n
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,18 +96,24 @@ def linear_gd_risk(steps, s, theta, noise_std: float, n: int, lr, w0=None) -> np
     term of the exact expectation is larger, by about n/(n - d - 1) at convergence.
     Measured (tests/test_theory.py, d = 20): 0.6% max deviation of the excess risk at
     n = 2000, 4.4% at n = 1000.
+
+    A feature with s_i = 0 contributes nothing (its own finite term: 0); see
+    :func:`linear_gd_weight_error` for the contract.
+    Contract: as :func:`linear_gd_weight_error`.
     """
-    s2 = _np(s) ** 2
-    return (s2 * linear_gd_weight_error(steps, s, theta, noise_std, n, lr, w0)).sum(-1) + noise_std**2
+    E, s2 = _weight_error("linear_gd_risk", steps, s, theta, noise_std, n, lr, w0)
+    return (s2 * E).sum(-1) + noise_std**2
 
 
 def local_extrema(curve) -> tuple[np.ndarray, np.ndarray]:
     """Indices of strict interior local minima and maxima of a sampled curve (plateaus of
-    equal values are merged)."""
-    c = _np(curve)
-    keep = np.r_[True, np.diff(c) != 0]
+    equal values are merged). Contract: a 1-D curve without NaN (inf is allowed)."""
+    curve = c.array("local_extrema", "curve", curve, ndim=1, finite=False, nonempty=False)
+    if np.isnan(curve).any():
+        raise c.fail("local_extrema", "curve", f"a curve with {int(np.isnan(curve).sum())} NaN", "no NaN")
+    keep = np.r_[True, np.diff(curve) != 0]
     idx = np.nonzero(keep)[0]
-    v = c[idx]
+    v = curve[idx]
     dv = np.sign(np.diff(v))
     turns = np.nonzero(dv[1:] != dv[:-1])[0] + 1
     mins = idx[turns[dv[turns - 1] < 0]]
@@ -103,8 +133,9 @@ def rank_one_state(W, v) -> tuple[float, np.ndarray]:
     ``fixed`` and ``rank_one`` inits), which GD keeps aligned. (The seed sets
     ``u = scale_v``, ``z = scale_W 1`` for its all-constant init, which misses the factor
     ``p`` of the end-to-end map ``W^T v = p scale_W scale_v 1``.)
+    Contract: W finite (p, d); v finite (p,), not zero.
     """
-    W, v = _np(W), _np(v)
+    W, v = c.layers("rank_one_state", W, v)
     u = float(np.linalg.norm(v))
     if u == 0:
         raise MemgenError("rank_one_state: v = 0 is a fixed point of the dynamics")
@@ -120,8 +151,12 @@ def growing_mode_state(W, v, b) -> tuple[float, np.ndarray]:
     ``u = |m|``, ``z = |m| g0/|g0|`` has the same unstable mode, so for init -> 0 it
     follows the network (the ``rank_one_state`` projection of a random init gets the
     escape time wrong by O(log) terms).
+    Contract: W finite (p, d); v (p,); b (d,), not zero.
     """
-    W, v, b = _np(W), _np(v), _np(b)
+    W, v = c.layers("growing_mode_state", W, v)
+    b = c.array("growing_mode_state", "b", b, shape=(W.shape[1],))
+    if not b.any():
+        raise c.fail("growing_mode_state", "b", "zero", "b = X^T y / n != 0 (no growing mode otherwise)")
     bh = b / np.linalg.norm(b)
     m = float(np.linalg.norm(0.5 * (v + W @ bh)))
     return m, m * bh
@@ -137,11 +172,19 @@ def two_layer_ode(times, A, b, u0: float, z0, lr=1.0, rtol: float = 1e-9, atol: 
     the continuous-time limit of GD on ``1/(2n)||X W^T v - y||^2`` restricted to
     ``W = a z^T``, ``v = u a``. (The seed's factor 2 comes from its sum loss without 1/2.)
     Returns ``u`` (len(times),) and ``z`` (len(times), d).
+
+    Contract: times a non-empty 1-D array, >= 0, non-decreasing; A (d, d), b (d,), z0
+    (d,), u0 finite; lr one number > 0 or a pair; rtol, atol > 0.
     """
-    A, b, z0 = _np(A), _np(b), _np(z0)
-    lr_W, lr_v = (float(lr), float(lr)) if np.ndim(lr) == 0 else (float(lr[0]), float(lr[1]))
-    t = _np(times)
-    d = b.shape[0]
+    fn = "two_layer_ode"
+    t = c.array(fn, "times", times, ndim=1, lo=0)
+    if (np.diff(t) < 0).any():
+        raise c.fail(fn, "times", c.describe(times), "a 1-D array of times >= 0 in increasing order")
+    A = c.array(fn, "A", A, shape=("d", "d"))
+    d = A.shape[0]
+    b, z0, u0 = c.array(fn, "b", b, shape=(d,)), c.array(fn, "z0", z0, shape=(d,)), c.number(fn, "u0", u0)
+    lr_W, lr_v = c.pair(fn, "lr", lr, lo=0, lo_open=True)
+    rtol, atol = c.number(fn, "rtol", rtol, lo=0, lo_open=True), c.number(fn, "atol", atol, lo=0, lo_open=True)
 
     def rhs(_, y):
         u, z = y[0], y[1:]
@@ -157,128 +200,15 @@ def two_layer_ode(times, A, b, u0: float, z0, lr=1.0, rtol: float = 1e-9, atol: 
 
 def two_layer_ode_risk(times, X, y, s, theta, noise_std: float, u0: float, z0, lr=1.0) -> np.ndarray:
     """Population risk ``sum_i s_i^2 (u z_i - theta_i)^2 + sigma^2`` along
-    :func:`two_layer_ode` for the training set (X, y)."""
-    X, y = _np(X), _np(y)
+    :func:`two_layer_ode` for the training set (X, y). Contract: X (n, d), y (n,), s and
+    theta (d,), noise_std >= 0; the rest as for :func:`two_layer_ode`."""
+    X, y = c.design("two_layer_ode_risk", X, y)
+    s, theta = (c.array("two_layer_ode_risk", k, a, shape=(X.shape[1],)) for k, a in (("s", s), ("theta", theta)))
+    noise_std = c.number("two_layer_ode_risk", "noise_std", noise_std, lo=0)
     n = X.shape[0]
     u, z = two_layer_ode(times, X.T @ X / n, X.T @ y / n, u0, z0, lr)
     w = u[:, None] * z
-    return ((w - _np(theta)) ** 2 * _np(s) ** 2).sum(-1) + noise_std**2
-
-
-# ---------------------------------------------------------------------------------------
-# model-wise: min-norm least squares and early-stopped GD on isotropic features
-# ---------------------------------------------------------------------------------------
-
-
-def modelwise_risk(ratios, snr: float = 1.0, noise_std: float = 1.0, p: int | None = None) -> np.ndarray:
-    """Test risk ``E (y - x^T theta_hat)^2`` of min-norm least squares ``theta_hat = X^+ y``
-    against ``r = n/p`` (samples per parameter).
-
-    Model: ``x ~ N(0, I_p)``, ``y = x^T theta + eps``, ``eps ~ N(0, sigma^2)``,
-    ``||theta||^2 = snr * sigma^2``, n samples; risk = ``E||theta_hat - theta||^2 + sigma^2``.
-
-    Finite p (exact; Belkin, Hsu & Xu 2019, "Two models of double descent for weak
-    features", Gaussian model with all features used; Hastie, Montanari, Rosset &
-    Tibshirani 2019, "Surprises in high-dimensional ridgeless least squares
-    interpolation"):
-    - n >= p + 2: ``sigma^2 + sigma^2 p / (n - p - 1)`` (``E (X^T X)^{-1} = I/(n-p-1)``);
-    - n <= p - 2: ``||theta||^2 (1 - n/p) + sigma^2 + sigma^2 n / (p - n - 1)``
-      (bias: the projection of theta on the null space of a uniformly random n-dim row
-      space; variance: ``E tr (X X^T)^{-1} = n/(p-n-1)``);
-    - |n - p| <= 1: +inf (the expected risk diverges).
-    ``p=None``: the proportional limit p, n -> inf with n/p = r (Hastie et al. 2019,
-    isotropic case, gamma = p/n = 1/r): r > 1: ``sigma^2 + sigma^2 / (r - 1)``;
-    r < 1: ``||theta||^2 (1 - r) + sigma^2 + sigma^2 r / (1 - r)``; r = 1: +inf.
-    """
-    r = _np(ratios)
-    s2 = float(noise_std) ** 2
-    th2 = float(snr) * s2
-    out = np.full(r.shape, np.inf)
-    if p is None:
-        over = r < 1
-        under = r > 1
-        out[under] = s2 + s2 / (r[under] - 1.0)
-        out[over] = th2 * (1 - r[over]) + s2 + s2 * r[over] / (1 - r[over])
-        return out
-    n = r * p
-    under = n >= p + 2
-    over = n <= p - 2
-    out[under] = s2 + s2 * p / (n[under] - p - 1)
-    out[over] = th2 * (1 - n[over] / p) + s2 + s2 * n[over] / (p - n[over] - 1)
-    return out
-
-
-@lru_cache(maxsize=8)
-def _legendre(m: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.polynomial.legendre.leggauss(m)
-
-
-@lru_cache(maxsize=256)
-def _mp_nodes(gamma: float, m: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Quadrature for the spectrum of ``X^T X / n`` (x ~ N(0, I_p), p/n -> gamma).
-
-    Continuous part: density ``sqrt((l+ - l)(l - l-)) / (2 pi gamma l)`` on
-    ``[l-, l+] = [(1 - sqrt(gamma))^2, (1 + sqrt(gamma))^2]``, mass ``min(1, 1/gamma)``;
-    plus an atom at 0 of mass ``max(0, 1 - 1/gamma)``. Substituting
-    ``l = c + h cos(phi)`` makes the integrand smooth (also at gamma = 1):
-    Gauss-Legendre in phi. Returns (nodes, weights, atom mass).
-    """
-    lm, lp = (1 - np.sqrt(gamma)) ** 2, (1 + np.sqrt(gamma)) ** 2
-    c, h = (lp + lm) / 2, (lp - lm) / 2
-    x, wq = _legendre(m)
-    phi = (x + 1) * np.pi / 2
-    lam = c + h * np.cos(phi)
-    wts = wq * (np.pi / 2) * (h * np.sin(phi)) ** 2 / (2 * np.pi * gamma * lam)
-    return lam, wts, max(0.0, 1.0 - 1.0 / gamma)
-
-
-def gd_flow_risk_isotropic(times, ratio: float, snr: float = 1.0, noise_std: float = 1.0,
-                           quad: int = 400) -> np.ndarray:
-    """Risk of gradient flow from zero on ``1/(2n)||X w - y||^2`` for the isotropic model
-    of :func:`modelwise_risk` at ``n/p = ratio``, proportional limit, at flow times t
-    (t = lr * steps for small lr; discrete GD replaces ``exp(-l t)`` by ``(1 - lr l)^k``).
-
-    In the eigenbasis of ``A = X^T X / n`` (eigenvalues l_j) this is
-    :func:`linear_gd_risk` with the empirical spectrum and a random direction of theta:
-    ``R(t) = ||theta||^2 (1/p) sum_j e^{-2 l_j t}
-    + sigma^2 (1/n) sum_{l_j>0} (1 - e^{-l_j t})^2 / l_j + sigma^2``
-    (the variance term carries 1/l_j because the test covariance is I, not A), averaged
-    over the Marchenko-Pastur law with gamma = p/n = 1/ratio. t -> inf gives
-    :func:`modelwise_risk` (p=None).
-    """
-    t = _np(times)[:, None]
-    gamma = 1.0 / float(ratio)
-    lam, wts, atom = _mp_nodes(gamma, quad)
-    s2 = float(noise_std) ** 2
-    th2 = float(snr) * s2
-    bias = th2 * (atom + (np.exp(-2 * lam * t) * wts).sum(-1))
-    var = s2 * gamma * (((-np.expm1(-lam * t)) ** 2 / lam) * wts).sum(-1)
-    return bias + var + s2
-
-
-def early_stopped_modelwise_risk(ratios, snr: float = 1.0, noise_std: float = 1.0,
-                                 quad: int = 400, return_times: bool = False):
-    """Optimally early-stopped gradient-flow risk ``min_t`` :func:`gd_flow_risk_isotropic`
-    against ``n/p`` (proportional limit). Finite everywhere: the peak at n/p = 1 of
-    :func:`modelwise_risk` disappears (cf. "Optimal regularization can mitigate double
-    descent", Nakkiran et al. 2021; early stopping ~ ridge, Ali, Kolter & Tibshirani
-    2019). Optimum searched on a log grid of t in [1e-3, 1e5] (plus t = 0), then refined
-    linearly. ``return_times``: also the optimal t (flow time = lr * steps).
-    """
-    r = np.atleast_1d(_np(ratios))
-    grid = np.r_[0.0, np.geomspace(1e-3, 1e5, 600)]
-    risks, times = [], []
-    for ri in r:
-        curve = gd_flow_risk_isotropic(grid, ri, snr, noise_std, quad)
-        j = int(np.argmin(curve))
-        lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
-        fine = np.linspace(lo, hi, 201)
-        c2 = gd_flow_risk_isotropic(fine, ri, snr, noise_std, quad)
-        jj = int(np.argmin(c2))
-        risks.append(c2[jj])
-        times.append(fine[jj])
-    risks, times = np.array(risks), np.array(times)
-    return (risks, times) if return_times else risks
+    return ((w - theta) ** 2 * s**2).sum(-1) + noise_std**2
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,16 +224,23 @@ def linear_gd_weight_error(steps, s, theta, noise_std: float, n: int, lr, w0=Non
 
     (same model, conventions and exactness as :func:`linear_gd_risk`, whose excess risk
     is ``sum_i s_i^2`` times this). Dividing by ``theta_i^2`` gives the seed's relative
-    "MSE weights" per feature.
+    "MSE weights" per feature. A feature with s_i = 0 never moves: E_i = (theta_i -
+    w0_i)^2 exactly (the noise term's limit is 0, not 0/0).
+
+    Contract: ``steps`` an integer K >= 0 (k = 0..K) or a 1-D array of counts >= 0
+    (fractional counts only when every lr_i s_i^2 <= 1: a negative base has no
+    fractional power); s (d,) >= 0, d >= 1; theta, w0 (d,) or one number; lr >= 0, one
+    number or (d,); noise_std >= 0; n an integer >= 1.
     """
-    k = _steps(steps)[:, None]
-    s2 = _np(s) ** 2
-    theta = _np(theta)
-    d = s2.shape[0]
-    w0 = np.zeros(d) if w0 is None else np.broadcast_to(_np(w0), (d,))
-    lr = np.broadcast_to(_np(lr), (d,))
+    return _weight_error("linear_gd_weight_error", steps, s, theta, noise_std, n, lr, w0)[0]
+
+
+def _weight_error(fn: str, steps, s, theta, noise_std, n, lr, w0):
+    """(E (K, d) of :func:`linear_gd_weight_error`, s^2), the inputs checked for ``fn``."""
+    k, s2, theta, w0, lr, noise_std, n = _gd_inputs(fn, steps, s, theta, noise_std, n, lr, w0)
     ak = np.power(1.0 - lr * s2, k)  # 1 - lr s^2 < 0 (lr_i s_i^2 > 1) needs integer k
-    return ak**2 * (theta - w0) ** 2 + (noise_std**2 / (n * s2)) * (1.0 - ak) ** 2
+    coef = np.divide(noise_std**2, n * s2, out=np.zeros_like(s2), where=s2 > 0)  # 0 at s_i = 0 (see above)
+    return ak**2 * (theta - w0) ** 2 + coef * (1.0 - ak) ** 2, s2
 
 
 def linear_gd_group_curves(steps, s, theta, noise_std: float, n: int, lr, sizes):
@@ -311,16 +248,21 @@ def linear_gd_group_curves(steps, s, theta, noise_std: float, n: int, lr, sizes)
     linear GD after k steps: returns (risk (K,) of :func:`linear_gd_risk`, excess-risk
     contributions (K, G) ``sum_{i in g} s_i^2 E_i``, relative weight errors (K, G)
     ``mean_{i in g} E_i / theta_i^2``) with E = :func:`linear_gd_weight_error` (K, d); the
-    contributions sum to the excess risk R - sigma^2."""
-    args = (steps, s, theta, noise_std, n, lr)
-    E = linear_gd_weight_error(*args)
-    s2, th2 = _np(s) ** 2, _np(theta) ** 2
-    bounds = np.cumsum([0] + [int(k) for k in sizes])
+    contributions sum to the excess risk R - sigma^2. Contract as
+    :func:`linear_gd_weight_error`, with theta_i != 0 (relative errors) and ``sizes``
+    integers >= 0 that split d."""
+    fn = "linear_gd_group_curves"
+    if not (c.array(fn, "theta", theta) != 0).all():
+        raise c.fail(fn, "theta", "zero in some entry", "theta_i != 0 (relative weight errors)")
+    sizes = [c.integer(fn, "sizes", k, lo=0) for k in c.array(fn, "sizes", sizes, ndim=1)]
+    E, s2 = _weight_error(fn, steps, s, theta, noise_std, n, lr, None)
+    th2 = _np(theta) ** 2
+    bounds = np.cumsum([0] + sizes)
     if bounds[-1] != E.shape[1]:
         raise MemgenError(f"linear_gd_group_curves: sizes {tuple(sizes)} do not split d={E.shape[1]}")
     groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     rel = E / th2
-    return (linear_gd_risk(*args), np.stack([(s2[g] * E[:, g]).sum(-1) for g in groups], axis=-1),
+    return ((s2 * E).sum(-1) + c.number(fn, "noise_std", noise_std) ** 2, np.stack([(s2[g] * E[:, g]).sum(-1) for g in groups], axis=-1),
             np.stack([rel[:, g].mean(-1) for g in groups], axis=-1))
 
 
@@ -330,8 +272,13 @@ def two_layer_theory(steps, X, y, W0, v0, lr, init: str = "gaussian") -> tuple[n
     (:func:`two_layer_ode`, started on the growing mode of a ``"gaussian"`` init,
     :func:`growing_mode_state`, or on the exact rank-one state otherwise,
     :func:`rank_one_state`) and the linearised (lazy) network (:func:`lazy_two_layer`).
-    Returns (w_ode, w_lazy)."""
-    X, y = _np(X), _np(y)
+    Returns (w_ode, w_lazy). Contract: steps as for :func:`linear_gd_weight_error`
+    (sorted); X (n, d), y (n,), W0 (p, d), v0 (p,); lr as for :func:`two_layer_ode`;
+    ``init`` one of gaussian, fixed, rank_one."""
+    X, y = c.design("two_layer_theory", X, y)
+    W0, v0 = c.layers("two_layer_theory", W0, v0, X.shape[1], ("W0", "v0"))
+    c.choice("two_layer_theory", "init", init, ("gaussian", "fixed", "rank_one"))
+    steps = _steps("two_layer_theory", steps)
     n = X.shape[0]
     A, b = X.T @ X / n, X.T @ y / n
     u0, z0 = growing_mode_state(W0, v0, b) if init == "gaussian" else rank_one_state(W0, v0)
@@ -353,10 +300,16 @@ def lazy_two_layer(steps, A, b, W0, v0, lr=1.0) -> np.ndarray:
     ``c_j(k) = (1 - l_j)^k c_j(0) + beta_j (1 - (1 - l_j)^k) / l_j`` (``k beta_j`` for
     ``l_j = 0``). Accurate when the layers barely move relative to their size (large
     init); for small init the network follows :func:`two_layer_ode` instead.
+
+    Contract: steps as for :func:`linear_gd_weight_error`; A (d, d), b (d,), W0 (p, d),
+    v0 (p,); lr one number > 0 or a pair.
     """
-    A, b, W0, v0 = _np(A), _np(b), _np(W0), _np(v0)
-    lr_W, lr_v = (float(lr), float(lr)) if np.ndim(lr) == 0 else (float(lr[0]), float(lr[1]))
-    d = b.shape[0]
+    fn = "lazy_two_layer"
+    A = c.array(fn, "A", A, shape=("d", "d"))
+    d = A.shape[0]
+    b = c.array(fn, "b", b, shape=(d,))
+    W0, v0 = c.layers(fn, W0, v0, d, ("W0", "v0"))
+    lr_W, lr_v = c.pair(fn, "lr", lr, lo=0, lo_open=True)
     M0 = lr_v * W0.T @ W0 + lr_W * float(v0 @ v0) * np.eye(d)
     m, Q = np.linalg.eigh(M0)
     if m.min() <= 0:
@@ -366,9 +319,9 @@ def lazy_two_layer(steps, A, b, W0, v0, lr=1.0) -> np.ndarray:
     l, U = np.linalg.eigh(S @ A @ S)
     beta = U.T @ (S @ b)
     c0 = U.T @ (Sinv @ (W0.T @ v0))
-    k = _steps(steps)[:, None]
+    k = _steps(fn, steps)[:, None]
     ak = np.power(1.0 - l, k)
     safe = np.where(np.abs(l) > 1e-14, l, 1.0)
     drive = np.where(np.abs(l) > 1e-14, (1.0 - ak) / safe, k)
-    c = ak * c0 + drive * beta
-    return (c @ U.T) @ S
+    cj = ak * c0 + drive * beta
+    return (cj @ U.T) @ S

@@ -8,17 +8,20 @@ import math
 import torch
 from torch import nn
 
-from memgen import MemgenError
+from memgen.contracts import choice, integer, number
 from memgen.curvature.hvp import _dot
-from memgen.curvature.modules import (_batch_loss, flat_params, make_module_hvp, module_gradient, module_params,
-                                      set_flat_params)
+from memgen.curvature.modules import (_batch_loss, _sizes, flat_params, make_module_hvp, module_gradient,
+                                      module_params, set_flat_params)
 from memgen.curvature.solvers import _damped, cg_solve
 from memgen.progress import Progress
 
 
 def regularized_loss(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
     """R(w) = loss_fn(model(x), y) + (l2/2) ||w||^2 (all trainable parameters): the
-    objective :func:`influence_on_test_loss` assumes."""
+    objective :func:`influence_on_test_loss` assumes. Contract: the module contract of
+    :mod:`memgen.curvature.modules` for the batch (x, y); ``l2`` >= 0."""
+    ((x, y),), _, _ = _sizes("regularized_loss", model, loss_fn, [(x, y)], ("x", "y"))
+    l2 = number("regularized_loss", "l2", l2, lo=0)
     out = _batch_loss(model, loss_fn, x, y)
     if l2:
         out = out + 0.5 * l2 * sum((p * p).sum() for p in module_params(model))
@@ -36,8 +39,14 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
     stops at the rounding level before the tolerance.
     ``progress``: label of progress lines (memgen.progress) on stderr, their ETA to
     ``max_iter`` an upper bound; None: silent.
+    Contract: the module contract of :mod:`memgen.curvature.modules` for (x, y);
+    ``l2`` >= 0, ``method`` "newton" or "lbfgs", ``tol`` >= 0, ``max_iter`` >= 1.
     Returns {"grad_norm", "iterations", "loss"}.
     """
+    ((x, y),), _, _ = _sizes("fit", model, loss_fn, [(x, y)], ("x", "y"))
+    l2, tol = number("fit", "l2", l2, lo=0), number("fit", "tol", tol, lo=0)
+    choice("fit", "method", method, ("newton", "lbfgs"))
+    max_iter = integer("fit", "max_iter", max_iter, lo=1)
     params = module_params(model)
     bar = Progress(progress, max_iter, unit="iter", bound=True,
                    message=f"{method} to ||grad R|| <= {tol:g}, {x.shape[0]} points")
@@ -104,8 +113,6 @@ def fit(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, l2: float =
             set_flat_params(model, torch.from_numpy(wn).to(w0))
             if grad_norm() <= tol or it >= max_iter or res.nit == 0:
                 break
-    else:
-        raise MemgenError(f"fit: unknown method {method!r} (newton, lbfgs)")
     with torch.no_grad():
         loss = float(objective())
     info = {"grad_norm": grad_norm(), "iterations": int(it), "loss": loss}

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from memgen.contracts import choice, fail, integer, number
 from memgen.curvature.fitting import fit
-from memgen.curvature.modules import (_batch_loss, flat_params, make_module_hvp, module_gradient,
+from memgen.curvature.modules import (_batch_loss, _sizes, flat_params, make_module_hvp, module_gradient,
                                       per_example_gradients, set_flat_params)
 from memgen.curvature.solvers import _damped, inverse_hvp
 from memgen.progress import Progress
@@ -28,7 +29,15 @@ def leave_one_out(model: nn.Module, loss_fn, train_x: torch.Tensor, train_y: tor
     :class:`memgen.resume.ResumePoint`; the retrainings already done are taken from it
     and a resume point is saved after each (every retraining starts from w, so the rest
     does not depend on when the run was cut). Returns (changes (k,), fit infos).
+    Contract: the module contract of :mod:`memgen.curvature.modules` for the training
+    and the test set (n >= 2 training points), ``indices`` integers in [0, n), ``l2`` >= 0.
     """
+    ((train_x, train_y),), _, n = _sizes("leave_one_out", model, loss_fn, [(train_x, train_y)], ("train_x", "train_y"))
+    ((test_x, test_y),), _, _ = _sizes("leave_one_out", model, loss_fn, [(test_x, test_y)], ("test_x", "test_y"))
+    if n < 2:
+        raise fail("leave_one_out", "train_x", f"{n} training point", "n >= 2 (one is left out)")
+    indices = [integer("leave_one_out", "indices", i, lo=0, hi=n - 1) for i in indices]
+    l2 = number("leave_one_out", "l2", l2, lo=0)
     w = flat_params(model)
     with torch.no_grad():
         base = float(_batch_loss(model, loss_fn, test_x, test_y))
@@ -121,11 +130,19 @@ def influence_on_test_loss(model: nn.Module, loss_fn, train_x: torch.Tensor, tra
       cache_graph: keep the gradient graphs between HVPs (:func:`make_module_hvp`).
       vectorized: per-example gradients by torch.func (:func:`per_example_gradients`).
 
+    Contract: the module contract of :mod:`memgen.curvature.modules` for the training
+    and the test set; ``damping``, ``l2`` >= 0; ``method`` one of inverse_hvp's;
+    ``batch_size`` None or >= 1.
+
     Returns:
       :class:`Influence`.
     """
-    n = train_x.shape[0]
-    bs = n if batch_size is None else int(batch_size)
+    ((train_x, train_y),), _, n = _sizes("influence_on_test_loss", model, loss_fn, [(train_x, train_y)],
+                                   ("train_x", "train_y"))
+    ((test_x, test_y),), _, _ = _sizes("influence_on_test_loss", model, loss_fn, [(test_x, test_y)], ("test_x", "test_y"))
+    damping, l2 = number("influence_on_test_loss", "damping", damping, lo=0), number("influence_on_test_loss", "l2", l2, lo=0)
+    choice("influence_on_test_loss", "method", method, ("exact", "cg", "lissa"))
+    bs = n if batch_size is None else integer("influence_on_test_loss", "batch_size", batch_size, lo=1)
     batches = [(train_x[i:i + bs], train_y[i:i + bs]) for i in range(0, n, bs)]
     data_hvp = make_module_hvp(model, loss_fn, batches, cache_graph=cache_graph)
     hvp_fn = _damped(data_hvp, l2)

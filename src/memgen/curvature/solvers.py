@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from memgen import MemgenError
+from memgen.contracts import choice, function, integer, number, operator, tensor
 from memgen.curvature.hvp import HVPFn, _dot, hessian_matrix, top_eigenvalue
 from memgen.progress import Progress, format_duration
 
@@ -40,15 +41,20 @@ def inverse_hvp(hvp_fn: HVPFn, v: torch.Tensor, method: str = "exact", damping: 
       repeats, batch_hvps, seed, lambda_max, record, record_every, max_growth).
 
     Args:
-      hvp_fn: u (P,) -> H u (P,), H symmetric.
-      v: right-hand side, shape (P,).
-      damping: lambda >= 0 added to the diagonal.
+      hvp_fn: u (P,) -> H u (P,), H symmetric; every output is checked (P entries,
+        finite for a finite u: a NaN from hvp_fn is blamed on it, not on the solver)
+        and converted to v's dtype.
+      v: right-hand side, shape (P,), P >= 1, finite, float32 or float64: the reference
+        dtype, so every method returns x in v's dtype.
+      damping: lambda >= 0 (finite) added to the diagonal.
 
     Returns:
       (x, info): x of shape (P,); info a dict with at least ``"method"`` and ``"hvps"``.
+    Contract: hvp_fn callable (each output checked: P entries, finite for a finite input,
+    converted to v's dtype); v finite float32/float64 (P,), P >= 1 (the reference); damping
+    >= 0; method exact, cg or lissa; an option the method does not take is refused.
     """
-    if not torch.is_tensor(v) or v.dim() != 1:
-        raise MemgenError("inverse_hvp: v must be a flat tensor of shape (P,)")
+    _system("inverse_hvp", hvp_fn, v, damping)
     solvers = {"exact": exact_solve, "cg": cg_solve, "lissa": lissa_solve}
     if method not in solvers:
         raise MemgenError(f"inverse_hvp: unknown method {method!r} (choose from {', '.join(solvers)})")
@@ -66,16 +72,28 @@ def _damped(hvp_fn: HVPFn, damping: float) -> HVPFn:
     return hvp_fn if damping == 0 else (lambda u: hvp_fn(u) + damping * u)
 
 
+def _system(caller: str, hvp_fn, v, damping):
+    """The checked (hvp_fn, v, damping) of a solve (H + damping I) x = v (see inverse_hvp)."""
+    v = tensor(caller, "v", v, ndim=1, finite=True)
+    return operator(caller, "hvp_fn", hvp_fn, v), v, number(caller, "damping", damping, lo=0)
+
+
 def exact_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, max_dim: int = 4096,
                 progress: str | None = None):
     """x = (H + damping I)^{-1} v with H built from P HVPs; info: hvps, residual, matrix.
-    ``progress``: label of progress lines (memgen.progress); None: silent."""
+    Contract as :func:`inverse_hvp` (x in v's dtype); ``max_dim`` >= 1; a singular
+    H + damping I raises. ``progress``: label of progress lines (memgen.progress); None: silent."""
+    hvp_fn, v, damping = _system("exact_solve", hvp_fn, v, damping)
+    max_dim = integer("exact_solve", "max_dim", max_dim, lo=1)
     if v.numel() > max_dim:
         raise MemgenError(f"method='exact' builds the {v.numel()}x{v.numel()} Hessian; "
                           f"P > max_dim={max_dim}: use method='cg' or raise max_dim")
     A = hessian_matrix(hvp_fn, v, progress=progress)
     A = A + damping * torch.eye(len(v), dtype=A.dtype, device=A.device)
-    x = torch.linalg.solve(A, v)
+    try:
+        x = torch.linalg.solve(A, v)
+    except torch.linalg.LinAlgError:
+        raise MemgenError(f"exact_solve: H + {damping:g} I is singular (method='exact'); increase damping") from None
     res = float((A @ x - v).norm() / v.norm()) if v.norm() > 0 else 0.0
     return x, {"hvps": len(v), "residual": res, "matrix": A}
 
@@ -100,10 +118,16 @@ def cg_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, tol: float = 
     ``tol`` extrapolated from the decades of residual gained so far (CG's residual falls
     roughly geometrically), an estimate.
 
+    Contract as :func:`inverse_hvp` (x in v's dtype); ``tol`` >= 0, ``max_iter`` >= 1.
+
     Returns:
       (x, info) with info: iterations, residual (recursive), true_residual, hvps,
       residual_history (relative, one per iterate incl. x_0), converged.
     """
+    hvp_fn, v, damping = _system("cg_solve", hvp_fn, v, damping)
+    tol = number("cg_solve", "tol", tol, lo=0)
+    max_iter = None if max_iter is None else integer("cg_solve", "max_iter", max_iter, lo=1)
+    function("cg_solve", "callback", callback, optional=True)
     A = _damped(hvp_fn, damping)
     P = v.numel()
     max_iter = min(max(10 * P, 100), 10000) if max_iter is None else int(max_iter)
@@ -165,8 +189,10 @@ def lissa_scale(lambda_max: float, damping: float = 0.0) -> float:
     the iterates converge monotonically, at rate 1 - (lambda_min + damping) / s; the
     factor 1.1 covers the power-iteration estimate being below lambda_max (it converges
     from below), and is still safe for an estimate as low as lambda_max / 2.2.
+    ``lambda_max`` finite, ``damping`` >= 0.
+    Contract: lambda_max finite; damping >= 0.
     """
-    return 1.1 * (lambda_max + damping)
+    return 1.1 * (number("lissa_scale", "lambda_max", lambda_max) + number("lissa_scale", "damping", damping, lo=0))
 
 
 def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: float | None = None,
@@ -194,11 +220,21 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
     :func:`make_batch_hvps`); then s must also exceed half of every batch's top
     eigenvalue, and the answer carries noise of order 1/s.
 
-    Guards (:class:`LissaDiverged`, a MemgenError, never a silent NaN):
+    Guards (:class:`LissaDiverged`, a MemgenError, never a silent NaN or a silently
+    huge answer):
       - before: s <= (lambda_max + damping) / 2, lambda_max estimated by
         :func:`top_eigenvalue` on hvp_fn unless given; also lambda_max + damping <= 0;
       - during: if every step matrix had norm <= 1, ||h_j|| <= (j + 1) ||v||; a
-        non-finite h_j or ||h_j|| > max_growth (j + 1) ||v|| means it diverges.
+        non-finite h_j or ||h_j|| > max_growth (j + 1) ||v|| means it diverges;
+      - during, deterministic runs (``batch_hvps`` None): the increments
+        h_j - h_{j-1} = (I - A/s)^j v never grow in norm when A is positive definite and
+        s > (lambda_max + damping)/2 (every eigenvalue of I - A/s lies in (-1, 1)); an
+        eigenvalue of A <= 0 (an indefinite H at damping 0) or above 2 s makes them grow
+        geometrically. An increment more than 0.1% above the smallest one so far, plus
+        a rounding floor max(1000 eps, 1e-5) (||v|| + ||h_{j-1}||) (hvp_fn may round at
+        float32), raises at once, before the iterates get large. (Mini-batch increments are noisy: only the growth guard applies there.)
+    A NaN in v is refused on entry; a non-finite output of hvp_fn (or of a batch HVP)
+    for a finite input is blamed on it (MemgenError), not on the recursion.
 
     Args:
       hvp_fn: u (P,) -> H u (P,) (the full Hessian; used for lambda_max and when
@@ -216,11 +252,23 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
       (len(path_steps),) of norms or (len(path_steps), P) of iterates; shorter if a
       callback stopped the repeat), steps (list over repeats of steps run),
       estimates (repeats, P).
+    Contract: as :func:`inverse_hvp`; scale None or > 0; depth, repeats, record_every
+    integers >= 1; record norm or iterate; lambda_max None or finite; max_growth > 0;
+    batch_hvps None or a non-empty sequence of callables (outputs checked as hvp_fn's).
     """
-    if record not in ("norm", "iterate"):
-        raise MemgenError(f"lissa: record must be 'norm' or 'iterate', not {record!r}")
-    if depth < 1 or repeats < 1:
-        raise MemgenError("lissa: depth and repeats must be >= 1")
+    hvp_fn, v, damping = _system("lissa_solve", hvp_fn, v, damping)
+    choice("lissa_solve", "record", record, ("norm", "iterate"))
+    depth, repeats = integer("lissa_solve", "depth", depth, lo=1), integer("lissa_solve", "repeats", repeats, lo=1)
+    record_every = integer("lissa_solve", "record_every", record_every, lo=1)
+    scale = None if scale is None else number("lissa_solve", "scale", scale, lo=0, lo_open=True)
+    lambda_max = None if lambda_max is None else number("lissa_solve", "lambda_max", lambda_max)
+    max_growth = number("lissa_solve", "max_growth", max_growth, lo=0, lo_open=True)
+    function("lissa_solve", "callback", callback, optional=True)
+    if batch_hvps is not None:
+        if isinstance(batch_hvps, (str, bytes)) or not isinstance(batch_hvps, Sequence) or not batch_hvps:
+            raise MemgenError(f"lissa_solve: batch_hvps is {type(batch_hvps).__name__}; expected a non-empty "
+                              "sequence of callables (or None)")
+        batch_hvps = [operator("lissa_solve", f"batch_hvps[{i}]", f, v) for i, f in enumerate(batch_hvps)]
     hvps = 0
     if lambda_max is None:
         lambda_max, pinfo = top_eigenvalue(hvp_fn, v, iters=200, tol=1e-6, seed=seed, return_info=True)
@@ -238,6 +286,7 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
             f"e.g. scale={lissa_scale(lambda_max, damping):.4g}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     vnorm = float(v.norm())
+    slack = max(1e3 * torch.finfo(v.dtype).eps, 1e-5)  # rounding of hvp_fn (float32 inside a float64 solve: ~1e-7)
     steps = list(range(record_every, depth + 1, record_every))
     if not steps or steps[-1] != depth:
         steps.append(depth)
@@ -247,8 +296,9 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
                    f"repeats={repeats}{', mini-batch' if batch_hvps is not None else ''}")
     for rep in range(repeats):
         h = v.clone()
-        path = []
+        path, least = [], math.inf
         for j in range(1, depth + 1):
+            h_prev = h
             H = hvp_fn if batch_hvps is None else batch_hvps[int(torch.randint(len(batch_hvps), (1,), generator=gen))]
             Ah = H(h)
             if damping:
@@ -262,6 +312,16 @@ def lissa_solve(hvp_fn: HVPFn, v: torch.Tensor, damping: float = 0.0, scale: flo
                     f"{rep} with scale={scale:.4g} (lambda_max ~ {lambda_max:.4g}, damping={damping}); "
                     f"H + damping I may not be positive definite (increase damping) or a mini-batch "
                     f"Hessian exceeds 2 scale (try scale={2 * lissa_scale(lambda_max, damping):.4g})")
+            if batch_hvps is None:  # deterministic: the increments (I - A/s)^j v never grow (docstring)
+                step = float((h - h_prev).norm())
+                if step > 1.001 * least + slack * (vnorm + float(h_prev.norm())):
+                    raise LissaDiverged(
+                        f"LiSSA diverges: the increment ||h_{j} - h_{j - 1}|| = {step:.3g} grew above its smallest "
+                        f"value {least:.3g} at step {j} of repeat {rep} (scale={scale:.4g}, lambda_max ~ "
+                        f"{lambda_max:.4g}, damping={damping}); it never grows when H + damping I is positive "
+                        f"definite and scale > (lambda_max + damping)/2: H + {damping} I is not positive "
+                        f"definite (an eigenvalue <= 0; increase damping) or scale is too small")
+                least = min(least, step)
             if bar.due():
                 bar.update(rep * depth + j, f"repeat {rep + 1}/{repeats} ||x_j|| {hn / scale:.4g}")
             if j in record_at:
@@ -287,11 +347,16 @@ def lissa_unguarded_path(hvp_fn: HVPFn, v: torch.Tensor, scale: float, damping: 
 
     Only for drawing how a divergent scale (s <= (lambda_max + damping) / 2) leaves:
     returns the iterates up to and including the first one past ``bound``, shape
-    (steps, P); use :func:`lissa_solve` for answers.
+    (steps, P); use :func:`lissa_solve` for answers. Contract as :func:`inverse_hvp`;
+    ``scale`` > 0, ``depth`` >= 1, ``bound`` > 0.
     """
+    hvp_fn, v, damping = _system("lissa_unguarded_path", hvp_fn, v, damping)
+    scale = number("lissa_unguarded_path", "scale", scale, lo=0, lo_open=True)
+    depth = integer("lissa_unguarded_path", "depth", depth, lo=1)
+    bound = number("lissa_unguarded_path", "bound", bound, lo=0, lo_open=True)
     h = v.clone()
     out = []
-    for _ in range(int(depth)):
+    for _ in range(depth):
         Ah = hvp_fn(h)
         if damping:
             Ah = Ah + damping * h

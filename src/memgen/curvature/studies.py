@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from memgen import MemgenError
+from memgen.contracts import array, choice, fail, integer, module_dtype, number, tensor
 from memgen.curvature.hvp import HVPFn, hvp, top_eigenvalue
-from memgen.curvature.modules import make_batch_hvps, make_module_hvp
+from memgen.curvature.modules import _sizes, make_batch_hvps, make_module_hvp
 from memgen.curvature.solvers import LissaDiverged, inverse_hvp, lissa_unguarded_path
 from memgen.progress import sublabel
 
@@ -31,7 +32,12 @@ D = torch.float64
 
 
 def toy_hvp(x: float, y: float, w: torch.Tensor) -> HVPFn:
-    """u -> H u, H the Hessian at w (2,) of the seed's toy L(w) = (y - w1 w2 x)^2 on one point."""
+    """u -> H u, H the Hessian at w (2,) of the seed's toy L(w) = (y - w1 w2 x)^2 on one point
+    (x, y finite numbers; w a finite tensor of shape (2,)).
+    Contract: x, y finite numbers; w a finite tensor (2,).
+    """
+    x, y = number("toy_hvp", "x", x), number("toy_hvp", "y", y)
+    w = tensor("toy_hvp", "w", w, shape=(2,), finite=True)
     return lambda u: hvp(lambda ww: (y - ww[0] * ww[1] * x) ** 2, w, u)
 
 
@@ -50,8 +56,17 @@ class SolverComparison:
 def compare_solvers(hvp_fn: HVPFn, v: torch.Tensor, H: torch.Tensor, dampings: Sequence[float],
                     options: dict[str, dict]) -> SolverComparison:
     """Every :func:`inverse_hvp` method of ``options`` (method -> its options) at every
-    damping, checked against the dense (P, P) matrix ``H`` of hvp_fn."""
+    damping, checked against the dense (P, P) matrix ``H`` of hvp_fn. Contract: v finite
+    (P,), H finite (P, P) in v's dtype, ``dampings`` a non-empty list of numbers >= 0,
+    ``options`` a non-empty dict whose keys are inverse_hvp methods."""
+    v = tensor("compare_solvers", "v", v, ndim=1, finite=True)
     P = len(v)
+    H = tensor("compare_solvers", "H", H, shape=(P, P), finite=True, dtype=v.dtype)
+    dampings = [number("compare_solvers", "dampings", d, lo=0) for d in array("compare_solvers", "dampings", dampings, ndim=1)]
+    if not isinstance(options, dict) or not options:
+        raise fail("compare_solvers", "options", repr(options), "a non-empty dict method -> options")
+    for method in options:
+        choice("compare_solvers", "options", method, ("exact", "cg", "lissa"))
     sol = np.full((len(dampings), len(options), P), np.nan)
     hvps, resid = np.zeros((len(dampings), len(options))), np.full((len(dampings), len(options)), np.nan)
     exact = np.stack([np.linalg.solve(H.numpy() + d * np.eye(P), v.numpy()) for d in dampings])
@@ -80,7 +95,14 @@ def lissa_paths(hvp_fn: HVPFn, v: torch.Tensor, runs: Sequence[tuple[float, floa
                 bound: float) -> LissaPaths:
     """The guarded LiSSA recursion for each (scale, damping) of ``runs``; a scale the guard
     rejects (:class:`LissaDiverged`) is recorded as diverged, with the unguarded iterates
-    until they leave max |x_j| <= ``bound`` (:func:`lissa_unguarded_path`): never a crash."""
+    until they leave max |x_j| <= ``bound`` (:func:`lissa_unguarded_path`): never a crash.
+    Contract: v finite (P,); ``runs`` non-empty pairs (scale > 0, damping >= 0); depth >= 1;
+    bound > 0."""
+    v = tensor("lissa_paths", "v", v, ndim=1, finite=True)
+    runs = array("lissa_paths", "runs", runs, shape=(None, 2))
+    if not ((runs[:, 0] > 0).all() and (runs[:, 1] >= 0).all()):
+        raise fail("lissa_paths", "runs", repr(runs.tolist()), "pairs (scale > 0, damping >= 0)")
+    depth, bound = integer("lissa_paths", "depth", depth, lo=1), number("lissa_paths", "bound", bound, lo=0, lo_open=True)
     paths = np.full((len(runs), depth, len(v)), np.nan)
     diverged, steps, messages = np.zeros(len(runs), bool), np.zeros(len(runs), int), []
     for k, (s, d) in enumerate(runs):
@@ -102,25 +124,41 @@ CLASSIFIERS = ("logreg", "mlp")
 
 
 def logistic_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean logistic loss of logits ``out`` (n, 1) against labels y (n,) in {0, 1}."""
+    """Mean logistic loss of logits ``out`` (n, 1) or (n,) against labels y (n,) in [0, 1]
+    (n >= 1; y converted to out's dtype).
+    Contract: out a float tensor (n, 1) or (n,), n >= 1; y (n,), converted to out's dtype.
+    """
+    out = tensor("logistic_loss", "out", out, ndim=(1, 2))
+    if out.dim() == 2 and out.shape[1] != 1:
+        raise fail("logistic_loss", "out", f"of shape {tuple(out.shape)}", "shape (n, 1) or (n,)")
+    y = tensor("logistic_loss", "y", y, shape=(out.shape[0],), dtype=out.dtype)
     return torch.nn.functional.binary_cross_entropy_with_logits(out.squeeze(-1), y)
 
 
 def classifier(kind: str, d: int, hidden: int | None = None, seed: int = 0) -> nn.Module:
     """``logreg``: Linear(d, 1); ``mlp``: Linear(d, hidden) - tanh - Linear(hidden, 1);
-    PyTorch's default init under ``torch.manual_seed(seed)``, float64."""
-    torch.manual_seed(int(seed))
+    PyTorch's default init under ``torch.manual_seed(seed)``, float64. ``d`` >= 1,
+    ``hidden`` >= 1 for the MLP.
+    Contract: kind logreg or mlp; d an integer >= 1; hidden an integer >= 1 (mlp); seed an
+    integer.
+    """
+    if kind not in CLASSIFIERS:
+        raise MemgenError(f"curvature model kind: unknown '{kind}' ({', '.join(CLASSIFIERS)})")
+    d = integer("classifier", "d", d, lo=1)
+    torch.manual_seed(integer("classifier", "seed", seed))
     if kind == "logreg":
         net = nn.Linear(d, 1)
-    elif kind == "mlp":
-        net = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, 1))
     else:
-        raise MemgenError(f"curvature model kind: unknown '{kind}' ({', '.join(CLASSIFIERS)})")
+        net = nn.Sequential(nn.Linear(d, integer("classifier", "hidden", hidden, lo=1)), nn.Tanh(), nn.Linear(hidden, 1))
     return net.double()
 
 
 def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """(logits (n,), per-point logistic losses (n,), accuracy of logit > 0 against y in {0, 1})."""
+    """(logits (n,), per-point logistic losses (n,), accuracy of logit > 0 against y in {0, 1}).
+    Contract: x (n, ...) and y (n,) tensors, n >= 1, y converted to the model's dtype."""
+    dtype = module_dtype("evaluate_classifier", "model", model)
+    x = tensor("evaluate_classifier", "x", x, dtype=dtype)
+    y = tensor("evaluate_classifier", "y", y, shape=(x.shape[0],) if x.dim() else (None,), dtype=dtype)
     with torch.no_grad():
         out = model(x).squeeze(-1)
         losses = torch.nn.functional.binary_cross_entropy_with_logits(out, y, reduction="none")
@@ -130,7 +168,10 @@ def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 def select_for_retraining(predicted: np.ndarray, n_top: int, n_random: int, seed: int):
     """The training points whose removal to check: the ``n_top`` largest |predicted| and
     ``n_random`` of the others drawn with ``seed`` (sorted). Returns (indices (k,) int64,
-    is_top (k,) bool)."""
+    is_top (k,) bool). Contract: ``predicted`` finite (n,), n >= 1; n_top, n_random >= 0."""
+    predicted = array("select_for_retraining", "predicted", predicted, ndim=1)
+    n_top = integer("select_for_retraining", "n_top", n_top, lo=0)
+    n_random = integer("select_for_retraining", "n_random", n_random, lo=0)
     n = len(predicted)
     top = np.argsort(-np.abs(predicted), kind="stable")[:min(n_top, n)]
     rest = np.setdiff1d(np.arange(n), top)
@@ -173,8 +214,18 @@ def solver_accuracy(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
     batch at scale f (lambda_max + damping) for each f of ``scale_factors``, and with
     mini-batch Hessians of ``batch_size`` points (if fewer than n; at the first factor
     times the largest batch eigenvalue), each mini-batch HVP counted as batch_size / n of
-    a full one. The power iteration that sets the scale is counted too."""
-    n = len(y)
+    a full one. The power iteration that sets the scale is counted too. Contract: the
+    module contract of :mod:`memgen.curvature.modules` for (x, y); v finite (P,); l2,
+    damping >= 0; cg_tol > 0; ``scale_factors`` non-empty, > 0; batch_size, depth,
+    record_every >= 1."""
+    ((x, y),), _, n = _sizes("solver_accuracy", model, loss_fn, [(x, y)], ("x", "y"))
+    v = tensor("solver_accuracy", "v", v, ndim=1, finite=True)
+    l2, damping = number("solver_accuracy", "l2", l2, lo=0), number("solver_accuracy", "damping", damping, lo=0)
+    cg_tol = number("solver_accuracy", "cg_tol", cg_tol, lo=0, lo_open=True)
+    scale_factors = [number("solver_accuracy", "scale_factors", f, lo=0, lo_open=True)
+                     for f in array("solver_accuracy", "scale_factors", scale_factors, ndim=1)]
+    for key, value in (("batch_size", batch_size), ("depth", depth), ("record_every", record_every)):
+        integer("solver_accuracy", key, value, lo=1)
     data_hvp = make_module_hvp(model, loss_fn, [(x, y)], cache_graph=True)
     hvp_fn = lambda u: data_hvp(u) + l2 * u  # noqa: E731  (Hessian of the regularized objective)
     ref, _ = inverse_hvp(hvp_fn, v, method="exact", damping=damping, progress=sublabel(progress, "exact"))

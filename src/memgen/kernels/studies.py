@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memgen.contracts import array, fail, integer, number, rows, tensor
 from memgen.dynamics import gd_mse, linearized_predictions, linearized_weights
 from memgen.kernels.empirical import empirical_ntk, empirical_ntk_blocks, model_vjp, relative_change
 from memgen.kernels.infinite import analytic_kernels
@@ -24,7 +25,10 @@ from memgen.progress import Progress, sublabel
 
 
 def sign_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of sign(pred) == y for labels +-1; NaN when a prediction is not finite."""
+    """Share of sign(pred) == y for labels +-1; NaN when a prediction is not finite (a
+    diverged predictor, on purpose). Contract: pred (n,) and y (n,) tensors, n >= 1."""
+    pred = tensor("sign_accuracy", "pred", pred, ndim=1)
+    y = tensor("sign_accuracy", "y", y, shape=tuple(pred.shape), finite=True, dtype=pred.dtype)
     return float((torch.sign(pred) == y).to(torch.float64).mean()) if torch.isfinite(pred).all() else float("nan")
 
 
@@ -37,7 +41,13 @@ def accuracy_comparison(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch
     ``nngp_inf`` (kernel regression with :func:`analytic_kernels` of depth L,
     ``ridge_inf``), and ``trained`` (the FC after ``steps`` GD steps of size ``lr`` on
     (1/2n) sum (f - y)^2, :func:`memgen.dynamics.gd_mse`; NaN if GD diverged). Returns
-    (accuracies, diverged)."""
+    (accuracies, diverged). Contract: the inputs of :func:`ntk_regression`; ridges >= 0,
+    lr > 0, steps >= 0."""
+    for key, value in (("ridge_ntk", ridge_ntk), ("ridge_nngp", ridge_nngp), ("ridge_inf", ridge_inf)):
+        number("accuracy_comparison", key, value, lo=0)
+    number("accuracy_comparison", "lr", lr, lo=0, lo_open=True)
+    integer("accuracy_comparison", "steps", steps, lo=0)
+    _labels("accuracy_comparison", x, y, x_test, y_test)
     acc = {"ntk": sign_accuracy(ntk_regression(net, x, y, x_test, ridge_ntk), y_test),
            "nngp": sign_accuracy(nngp_predictor(net, x, y, x_test, ridge_nngp)[1], y_test)}
     L = net.spec.L
@@ -60,7 +70,12 @@ def convergence_errors(model: dict, seeds, x: torch.Tensor, dtype: torch.dtype =
     against the infinite-width kernels (:func:`analytic_kernels`, depth ``model["L"]``).
     ``resume``: a :class:`memgen.resume.ResumePoint`; the seeds already done are taken
     from it and a resume point is saved after each seed. Returns (ntk_err, nngp_err),
-    each (len(seeds),)."""
+    each (len(seeds),). Contract: ``model`` a dict of FC arguments with "L" and "h";
+    ``seeds`` a non-empty list of integers; x as for :func:`analytic_kernels`."""
+    if not isinstance(model, dict) or not {"L", "h"} <= set(model):
+        raise fail("convergence_errors", "model", repr(model), "a dict of FC arguments with 'L' and 'h'")
+    seeds = [integer("convergence_errors", "seeds", s) for s in array("convergence_errors", "seeds", seeds, ndim=1)]
+    x = rows("convergence_errors", "x", x, finite=True)
     nngp_inf, ntk_inf = analytic_kernels(x, None, model["L"])
     saved = resume.load() if resume is not None else None
     ntk_err = [float(e) for e in saved["ntk_err"]] if saved else []
@@ -106,7 +121,13 @@ def linearized_vs_gd(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch.Te
     (:func:`memgen.dynamics.linearized_predictions`, discrete) and weights
     (:func:`memgen.dynamics.linearized_weights`, from vector-Jacobian products) from the
     NTK at init, compared with GD (:func:`memgen.dynamics.gd_mse`) at the steps in
-    ``record`` (sorted, unique)."""
+    ``record`` (sorted, unique). Contract: x, y, x_test, y_test as for :func:`ntk_regression`
+    (y (n,), y_test (m,)); lr > 0; steps >= 0; ``record`` sorted unique integers in [0, steps]."""
+    lr, steps = number("linearized_vs_gd", "lr", lr, lo=0, lo_open=True), integer("linearized_vs_gd", "steps", steps, lo=0)
+    rec = array("linearized_vs_gd", "record", record, ndim=1)
+    if not (np.all(rec == np.round(rec)) and np.all(np.diff(rec) > 0) and rec[0] >= 0 and rec[-1] <= steps):
+        raise fail("linearized_vs_gd", "record", repr(rec.tolist()), f"sorted unique integers in [0, {steps}]")
+    _labels("linearized_vs_gd", x, y, x_test, y_test)
     flat, w0 = net.flat(), net.flat_parameters()
     Ktt, Kst, _ = empirical_ntk_blocks(net, x, x_test, progress=sublabel(progress, "ntk"))
     with torch.no_grad():
@@ -136,3 +157,9 @@ def linearized_vs_gd(net: FC, x: torch.Tensor, y: torch.Tensor, x_test: torch.Te
         step=record[:m], t=record[:m] * lr, lin_loss_train=(((Ftr[:m] - y) ** 2).mean(1) / 2).cpu().numpy(),
         lin_loss_test=(((Fte[:m] - y_test) ** 2).mean(1) / 2).cpu().numpy(), diverged=diverged,
         **{k: np.array(v) for k, v in rows.items()})
+
+
+def _labels(caller: str, x, y, x_test, y_test) -> None:
+    """y (n,) and y_test (m,) finite, one per row of x and x_test (tensors)."""
+    for name, xs, ys in (("y", x, y), ("y_test", x_test, y_test)):
+        tensor(caller, name, ys, shape=(len(xs) if torch.is_tensor(xs) else None,), finite=True)
