@@ -139,7 +139,7 @@ def sweep(tmp_path_factory):
     finally:
         mp.undo()
     assert calls["n"] > 40  # the poison did act
-    tables = {"table": d / "time_scale.csv", "curves": d / "time_scale_curves.csv"}
+    tables = {"table": d / "time_scale.csv", "curves": d / "time_scale_curves.csv", "phase": d / "phase.csv"}
     assert run_step("ts_summary", {"runs": runs, "ntk_init": [ntk0] * len(runs), "ntk_final": finals, "frozen": []},
                     tables, {}) == 0
     return {"ts": ts, "runs": runs, "tables": tables, "dir": d}

@@ -28,7 +28,7 @@ def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
                 x = np.sqrt(h) * a
                 t_fit = 10 * (1 + x) ** 0.5 * (1 + 0.1 * rng.random())
                 rows.append({
-                    "alpha": a, "h": h, "seed": seed, "sqrt_h_alpha": x, "t_fit": t_fit, "step_fit": 100,
+                    "alpha": a, "alpha_article": a, "h": h, "seed": seed, "sqrt_h_alpha": x, "t_fit": t_fit, "step_fit": 100,
                     "train_err": 0.0, "test_err": 0.1 + 0.2 * x / (1 + x) + 0.02 * rng.random(),
                     "diverged": False, "converged": True, "stop_reason": "fit",
                     "t_memorize": 0.8 * t_fit, "t_best_test": 0.5 * t_fit, "best_test_err": 0.1,
@@ -53,9 +53,13 @@ def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture
 def inputs(tmp_path):
     table, curves = synthetic()
-    paths = {"table": tmp_path / "time_scale.csv", "curves": tmp_path / "time_scale_curves.csv"}
+    from memgen.families.time_scale.summary import phase_table
+
+    paths = {"table": tmp_path / "time_scale.csv", "curves": tmp_path / "time_scale_curves.csv",
+             "phase": tmp_path / "time_scale_phase.csv"}
     table.to_csv(paths["table"], index=False)
     curves.to_csv(paths["curves"], index=False)
+    phase_table(table).to_csv(paths["phase"], index=False)
     return paths
 
 

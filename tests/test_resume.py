@@ -146,7 +146,7 @@ def test_sigterm_saves_a_resume_point_and_restart_gives_identical_arrays(inputs,
 
 def test_sigterm_outside_the_training_loop_exits_at_once(tmp_path):
     """A step with no resume file (here: a stalled import-time wait) still obeys SIGTERM."""
-    code = ("import time; from memgen.training import install_sigterm_handler; "
+    code = ("import time; from memgen.resume import install_sigterm_handler; "
             "install_sigterm_handler(); print('ready', flush=True); time.sleep(60)")  # ok-clock: waits for the signal
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"

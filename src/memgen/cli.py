@@ -94,7 +94,7 @@ def _run_step(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from memgen.training import install_sigterm_handler
+    from memgen.resume import install_sigterm_handler
 
     install_sigterm_handler()  # SIGTERM (SLURM preemption / time limit): save a resume point, exit 143
     fn = declared.function()
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:
-        if getattr(exc, "message", None):  # memgen.training.Terminated
+        if getattr(exc, "message", None):  # memgen.resume.Terminated
             print(f"memgen {args.command}: {exc.message}", file=sys.stderr, flush=True)
         raise
     return 0

@@ -123,8 +123,9 @@ def linear_teacher(n: int, d: int, s=None, theta=None, noise_std: float = 0.0, s
 
 def population_risk(w, s, theta, noise_std: float = 0.0) -> torch.Tensor:
     """``sum_i s_i^2 (w_i - theta_i)^2 + noise_std^2`` over the last axis of w. Contract: w
-    finite (..., d), d >= 1; s and theta one number or (d,); noise_std >= 0."""
-    w = _arg("population_risk", "w", w, ndim=range(1, 8))
+    (..., d), d >= 1, real (a diverged run's non-finite weights give a non-finite risk,
+    which its caller records as diverged); s and theta one number or (d,); noise_std >= 0."""
+    w = _arg("population_risk", "w", w, ndim=range(1, 8), finite=False)
     d = w.shape[-1]
     s, theta = (_per_feature("population_risk", k, a, d) for k, a in (("s", s), ("theta", theta)))
     return _risk(w, s, theta, c.number("population_risk", "noise_std", noise_std, lo=0))

@@ -7,7 +7,7 @@ of work (a seed, a retraining, a GD step) with the count done and a function ret
 its state (arrays); the state is written atomically every ``every_s`` seconds, and when
 SIGTERM arrives (SLURM preemption, a time limit, ``scancel``: the CLI's handler defers
 it while a resume point is active) it is written at once and the process exits with
-status 143 (:class:`memgen.training.Terminated`). A restarted job calls :meth:`load`,
+status 143 (:class:`Terminated`; :func:`install_sigterm_handler` is the CLI's handler). A restarted job calls :meth:`load`,
 gets the saved state (or None: no file, or one from other params, which is ignored
 with a message) and continues from there. For the kill tests, :meth:`checkpoint` is
 also a :func:`memgen.faults.pause_point` (a resume point is saved before the pause).
@@ -18,6 +18,7 @@ or one seed after another), so resuming gives bit-identical arrays.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -28,6 +29,31 @@ from memgen import h5io
 from memgen.faults import pause_point
 
 State = Callable[[], Mapping[str, np.ndarray]]
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived (SLURM preemption, time limit, scancel); exit status 143."""
+
+    def __init__(self, message: str):
+        super().__init__(143)
+        self.message = message
+
+
+# SIGTERM while a loop runs with a resume point (training, ResumePoint): finish the unit, save the
+# resume state, then raise Terminated; at any other time: raise Terminated at once.
+_TERM = {"deferred": False, "requested": False}
+
+
+def _on_sigterm(signum, frame):
+    if _TERM["deferred"]:
+        _TERM["requested"] = True
+    else:
+        raise Terminated("terminated by SIGTERM")
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM save a resume point before exiting (the CLI's steps call this)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class ResumePoint:
@@ -60,8 +86,6 @@ class ResumePoint:
         """After unit ``count``: save when due or when SIGTERM arrived (then exit 143)."""
         if self.path is None:
             return
-        from memgen.training import _TERM, Terminated
-
         if _TERM["requested"] or time.perf_counter() - self.last >= self.every_s:
             self.save(count, state())
             if _TERM["requested"]:
@@ -69,14 +93,10 @@ class ResumePoint:
         pause_point(self.label, count, lambda: self.save(count, state()))
 
     def __enter__(self) -> "ResumePoint":
-        from memgen.training import _TERM
-
         _TERM["deferred"] = self.path is not None  # SIGTERM: save at the next checkpoint
         return self
 
     def __exit__(self, *exc) -> None:
-        from memgen.training import _TERM
-
         _TERM["deferred"] = _TERM["requested"] = False
 
     def done(self) -> None:

@@ -34,7 +34,6 @@ earlier; how close it is shows in ``fit=k/n`` (training points at margin >= 1) a
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,35 +45,11 @@ import torch
 from memgen import MemgenError, h5io
 from memgen.dynamics import FlowDiverged, flow, loglinspace, momentum_step, relative_change
 from memgen.faults import pause_point
+from memgen.resume import _TERM, Terminated, install_sigterm_handler  # noqa: F401 (re-exported)
 from memgen.losses import Loss
 from memgen.progress import Progress, format_duration
 
 NORMALIZATIONS = ("article", "code")
-
-
-class Terminated(SystemExit):
-    """SIGTERM arrived (SLURM preemption, time limit, scancel); exit status 143."""
-
-    def __init__(self, message: str):
-        super().__init__(143)
-        self.message = message
-
-
-# SIGTERM while :func:`run` integrates with a resume file: finish the step, save the
-# resume state, then raise Terminated; at any other time: raise Terminated at once.
-_TERM = {"deferred": False, "requested": False}
-
-
-def _on_sigterm(signum, frame):
-    if _TERM["deferred"]:
-        _TERM["requested"] = True
-    else:
-        raise Terminated("terminated by SIGTERM")
-
-
-def install_sigterm_handler() -> None:
-    """Make SIGTERM save a resume point before exiting (the CLI's steps call this)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @dataclass(frozen=True)
