@@ -61,6 +61,7 @@ CASES = [
     (("double_descent", "two_layer", "lr"), -0.1, "double_descent.two_layer.lr"),
     (("double_descent", "epochwise", "n_logged"), 5000, "double_descent.epochwise.n_logged"),
     (("kernels", "digits", "classes"), [3, 3], "kernels.digits.classes"),
+    (("double_descent", "vector_field", "examples"), [{"kappa": 1.0}], "double_descent.vector_field.examples[0]"),
     (("kernels", "convergence", "widths"), [64], "kernels.convergence.widths"),
     (("kernels", "accuracy", "n_train"), [400], "kernels.accuracy.n_train"),
     (("kernels", "cifar", "enabled"), "yes", "kernels.cifar.enabled"),
