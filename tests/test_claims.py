@@ -86,7 +86,8 @@ def _ts_table(change_small=1.5, change_large=0.02, frozen_gap=0.0, width_shift=0
                 err = 0.3 - 0.05 * i + 0.01 * seed
                 rows.append({"h": h, "seed": seed, "sqrt_h_alpha": xi, "diverged": False, "test_err": err,
                              "frozen_test_err": err + (frozen_gap if i == len(x) - 1 else 0.1),
-                             "ntk_rel_change": change[i] * 10 ** (width_shift if h == 256 else 0.0)})
+                             "ntk_rel_change": change[i] * 10 ** (width_shift if h == 256 else 0.0),
+                             "ntk_shape_change": min(change[i], 1.2)})
     return pd.DataFrame(rows)
 
 
@@ -96,6 +97,8 @@ def test_time_scale_claims_on_synthetic_tables():
                  "widths_collapse"):
         assert _call("time_scale", name, table=ok).reproduced, name
         assert not _call("time_scale", name, table=bad).reproduced, name
+    turned = _ts_table(change_small=1e6).assign(ntk_shape_change=0.05)  # a kernel that only grows has not turned
+    assert not _call("time_scale", "feature_kernel_change", table=turned).reproduced
     r = _call("time_scale", "lazy_error_is_frozen_kernel_error", table=_ts_table(frozen_gap=0.005))
     assert r.reproduced and r.measured == pytest.approx(0.005)  # within the seeds' spread of 0.01
     assert _call("time_scale", "widths_collapse", table=_ts_table()).measured == pytest.approx(0.0, abs=1e-12)
