@@ -80,7 +80,8 @@ def config_source(configfiles: list[str], default: str = DEFAULT_CONFIG) -> str:
 VERDICT_STYLE = {"reproduced": "background:#dcf5dc;color:#0b5d1e",
                  "not reproduced": "background:#fbe0e0;color:#8b0f0f",
                  "not applicable": "background:#eeeeee;color:#555555"}
-SCORECARD_COLUMNS = ("verdict", "claim", "paper", "expected", "measured", "interval", "note", "figure")
+SCORECARD_COLUMNS = {"verdict": 8, "claim": 27, "paper": 12, "expected": 17, "measured": 9, "interval": 10,
+                     "note": 9, "figure": 8}  # column -> width, % of the table
 
 
 def _figure_path(config: dict, family: str, figure: str) -> str:
@@ -95,10 +96,16 @@ def scorecard_html(rows: list[dict[str, str]], config: dict) -> str:
     from memgen.claims import counts
 
     e = html.escape
-    cell = "padding:2px 6px;border-bottom:1px solid #ddd;vertical-align:top"
-    out = ["<style>.prose:has(#memgen-scorecard){max-width:none}</style>",  # (the description column is narrow)
+    cell = "padding:2px 6px;border-bottom:1px solid #ddd;vertical-align:top;overflow-wrap:anywhere"
+    # Snakemake's first page shows the description in a narrow column, centred in a box that
+    # scrolls: widen the column, and start the box top left (centred overflow cannot be scrolled to)
+    out = ["<style>.prose:has(#memgen-scorecard){max-width:none}"
+           " div.items-center.justify-center:has(#memgen-scorecard){align-items:flex-start;justify-content:flex-start}"
+           "</style>",
            f'<p id="memgen-scorecard-counts">{e(counts(rows))}</p>',
-           '<table id="memgen-scorecard" style="font-size:0.85em;border-collapse:collapse;min-width:60rem">',
+           '<table id="memgen-scorecard" style="font-size:0.85em;border-collapse:collapse;width:66rem;'
+           'table-layout:fixed">',
+           "<colgroup>" + "".join(f'<col style="width:{w}%">' for w in SCORECARD_COLUMNS.values()) + "</colgroup>",
            "<thead><tr>" + "".join(f'<th style="{cell};text-align:left">{c}</th>' for c in SCORECARD_COLUMNS)
            + "</tr></thead><tbody>"]
     for r in rows:
