@@ -273,18 +273,18 @@ def _vector_field(table: pd.DataFrame, plane: str):
     coloured by log10 of the speed) and both paths, start (o) to end (*)."""
     import matplotlib
 
-    examples = sorted(table["example"].unique())
+    examples = sorted(pd.to_numeric(table["example"], errors="coerce").dropna().unique())
     fig, axes = style.figure(ncols=len(examples), height=2.4)
     axes = np.atleast_1d(axes)
     speeds = []
-    for ax, e in zip(axes, examples):
+    for i, (ax, e) in enumerate(zip(axes, examples)):
         rows = table[(table["example"] == e) & (table["plane"] == plane)]
-        grid = rows[rows["kind"] == "field"]
-        f = _xy(grid, "x", "y", "dx", "dy", positive_x=False)
-        span_x, span_y = (float(np.ptp(grid[c])) or 1.0 for c in ("x", "y")) if len(grid) else (1.0, 1.0)
+        box = _xy(rows[rows["kind"] == "field"], "x", "y", positive_x=False)  # the grid (finite points)
+        f = _xy(rows[rows["kind"] == "field"], "x", "y", "dx", "dy", positive_x=False)
+        span_x, span_y = (float(np.ptp(box[c])) or 1.0 for c in ("x", "y")) if len(box) else (1.0, 1.0)
         n = np.hypot(f["dx"] / span_x, f["dy"] / span_y)  # in units of the box: equal lengths on screen
         ok = (n > 0).to_numpy()
-        cells = max(grid["x"].nunique() - 1, 1)
+        cells = max(box["x"].nunique() - 1, 1)
         if ok.any():
             speed = np.log10(np.hypot(f["dx"], f["dy"])[ok])
             speeds.append(speed)
@@ -299,14 +299,14 @@ def _vector_field(table: pd.DataFrame, plane: str):
                 ax.plot(v["x"].iloc[[0]], v["y"].iloc[[0]], "o", color=kw["color"], ms=3, zorder=4)
                 ax.plot(v["x"].iloc[[-1]], v["y"].iloc[[-1]], "*", color=kw["color"], ms=6, zorder=4)
         _note_if_empty(ax, int(ok.sum()), "field")
-        first = rows.iloc[0] if len(rows) else None
-        title = (rf"$\kappa={first['kappa']:g}$, init {first['scale']:g}" if first is not None else "?")
+        kappa, scale = (pd.to_numeric(rows[c], errors="coerce").dropna() for c in ("kappa", "scale"))
+        title = rf"$\kappa={kappa.iloc[0]:g}$, init {scale.iloc[0]:g}" if len(kappa) and len(scale) else "?"
         xlabel, ylabel = PLANE_AXES[plane]
         ax.set(xlabel=xlabel, ylabel=ylabel)
-        if len(grid):  # the whole box of the field (the origin included), half a cell around it
-            ax.set_xlim(grid["x"].min() - 0.5 * span_x / cells, grid["x"].max() + 0.5 * span_x / cells)
-            ax.set_ylim(grid["y"].min() - 0.5 * span_y / cells, grid["y"].max() + 0.5 * span_y / cells)
-        _panel_label(ax, f"({'abcdefgh'[e % 8]}) {title}")
+        if len(box):  # the whole box of the field (the origin included), half a cell around it
+            ax.set_xlim(box["x"].min() - 0.5 * span_x / cells, box["x"].max() + 0.5 * span_x / cells)
+            ax.set_ylim(box["y"].min() - 0.5 * span_y / cells, box["y"].max() + 0.5 * span_y / cells)
+        _panel_label(ax, f"({'abcdefgh'[i % 8]}) {title}")
     if speeds:
         lo, hi = float(min(s.min() for s in speeds)), float(max(s.max() for s in speeds))
         norm = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1)
