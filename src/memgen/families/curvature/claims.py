@@ -21,12 +21,13 @@ MIN_R = 0.9
 def toy_inverse_hvp(toy):
     """The undamped solutions of the toy (rows ``solve`` at damping 0): the largest
     Euclidean distance of any method's (x1, x2) from (1.25, -1/12) (measured); the
-    methods compared are given as the interval."""
+    methods compared are named in the reason."""
     rows = toy[(toy["kind"] == "solve") & (toy["damping"] == 0)]
     if rows.empty:
         raise NotApplicable("no undamped solve in the toy table (curvature.toy.dampings lacks 0)")
     err = np.hypot(rows["x1"] - TOY_SOLUTION[0], rows["x2"] - TOY_SOLUTION[1])
-    return Result(measured=float(err.max()), interval=", ".join(rows["method"]), reproduced=bool(err.max() <= TOY_TOL))
+    return Result(measured=float(err.max()), reproduced=bool(err.max() <= TOY_TOL),
+                  reason="methods: " + ", ".join(rows["method"]))
 
 
 @claim(paper="seed 003 (Koh & Liang 2017)", where="LiSSA's scale", figure="lissa_scale",
@@ -37,7 +38,7 @@ def lissa_scale_threshold(toy):
     """The LiSSA runs of the scale study (no damping): those the divergence guard stopped
     must be exactly those with scale <= lambda_max / 2, and the others must end at a
     finite distance below 1 from the solution (|x*| = 1.25). Measured: the scales on each
-    side; interval: lambda_max / 2."""
+    side; the reason gives lambda_max / 2."""
     rows = toy[(toy["kind"] == "scale_study")].sort_values("scale")
     if rows.empty:
         raise NotApplicable("no scale study in the toy table")
@@ -47,7 +48,7 @@ def lissa_scale_threshold(toy):
     ok = rows[~rows["diverged"]]
     converged = np.isfinite(ok["error"]) & (ok["error"] < 1.0)
     text = f"diverged at s = {fmt(rows[rows['diverged']]['scale'])}; converged at s = {fmt(ok['scale'])}"
-    return Result(measured=text, interval=f"lambda_max/2 = {half:.3g}",
+    return Result(measured=text, reason=f"lambda_max / 2 = {half:.3g}",
                   reproduced=bool((rows["diverged"] == below).all() and converged.all()))
 
 
