@@ -86,10 +86,13 @@ pip_compile = $(if $(filter cu130,$(BUILD)),env -u PIP_FIND_LINKS -u PIP_EXTRA_I
 	$(if $(filter cpu,$(BUILD)),,-c requirements/.cpu-constraints.txt) $(1) \
 	-o $(LOCK) pyproject.toml requirements/.$(BUILD).in
 
-## Build the default figures (figures/*) from config/config.yaml. GPUS=N: a machine with
-## N GPUs, one per job (profiles/gpu-local; needs a CUDA build and resources.gpu: 1).
+## Build the default figures (figures/*) from config/config.yaml, then print the
+## reproduction scorecard (one line per paper claim, from the summaries; also when some
+## job failed). GPUS=N: a machine with N GPUs, one per job (profiles/gpu-local; needs a
+## CUDA build and resources.gpu: 1).
 figures: $(STAMP)
-	$(if $(GPUS),MEMGEN_GPUS=$(GPUS) )$(SNAKEMAKE) --profile profiles/$(if $(GPUS),gpu-local,default) --cores $(CORES) --configfile $(CONFIG)
+	@$(if $(GPUS),MEMGEN_GPUS=$(GPUS) )$(SNAKEMAKE) --profile profiles/$(if $(GPUS),gpu-local,default) --cores $(CORES) --configfile $(CONFIG); \
+	  status=$$?; echo; $(PY) -m memgen claims --configfile $(CONFIG); exit $$status
 
 ## Run the test suite (unit, property, end-to-end DAG runs on config/test.yaml, the
 ## HTML report in headless Chromium).

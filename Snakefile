@@ -30,8 +30,13 @@ _no_block = [f for f in config["families"] if f not in FAMILY_TARGETS]
 if _no_block:
     raise ValueError(f"config: families lists {_no_block} but the config has no block for them")
 
+# data/summary/claims.csv: the paper claims checked from the summaries (memgen.claims);
+# `make figures` prints it, `snakemake --report` shows it first.
+claims_rule(config["families"])
+
 
 rule all:
     default_target: True
     input:
         [FAMILY_TARGETS[f] for f in config["families"]],
+        memgen_claims.CSV,

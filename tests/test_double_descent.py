@@ -26,7 +26,7 @@ from memgen.figures import draw, specs
 FIGURES = list(specs("double_descent"))
 
 ROOT = Path(__file__).resolve().parents[1]
-CSVS = ("epochwise", "two_layer", "jacobian", "modelwise", "key_numbers")
+CSVS = ("epochwise", "two_layer", "jacobian", "modelwise", "key_numbers", "vector_field")
 
 
 def _block(path="config/test.yaml") -> dict:
@@ -154,7 +154,7 @@ def test_modelwise_peak_at_one_and_early_stopping_removes_it(tables):
 
 
 def test_figures_draw(built, tmp_path):
-    inputs = {k: built[k] for k in ("epochwise", "two_layer", "jacobian", "modelwise")}
+    inputs = {k: built[k] for k in ("epochwise", "two_layer", "jacobian", "modelwise", "vector_field")}
     for name in FIGURES:
         outs = [tmp_path / f"{name}.png"] + ([tmp_path / f"{name}.pdf"] if name == "modelwise" else [])
         draw("double_descent", name, inputs, outs, {})
@@ -163,9 +163,9 @@ def test_figures_draw(built, tmp_path):
 
 def test_figures_survive_nan_and_diverged_values(built, tmp_path):
     """NaN and inf values (a diverged run) and whole missing series (one schedule, init,
-    method, stage) draw without error."""
+    method, stage, example) draw without error."""
     drop = {"epochwise": ("schedule", "per_group"), "two_layer": ("init", "large"),
-            "jacobian": ("when", "final"), "modelwise": ("method", "early_stopped")}
+            "jacobian": ("when", "final"), "modelwise": ("method", "early_stopped"), "vector_field": ("example", 1)}
     bad = {}
     for k, (col, value) in drop.items():
         df = pd.read_csv(built[k])

@@ -243,3 +243,62 @@ def test_report_shows_every_figure_with_its_caption(built):
             assert "Produced from config config/test.yaml" in text and f"block {family}" in text, text[:500]
             n += 1
     print(f"report: {n} figures shown with captions in {len(cfg['families'])} categories")
+
+
+SCORECARD_JS = """async (caption) => {
+  // The report's first page: the scorecard table, then a click on the first row's figure link.
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const until = async (fn, ms = 10000) => {
+    for (let t = 0; t < ms; t += 25) { const v = fn(); if (v) return v; await sleep(25); }
+    return null;
+  };
+  const table = await until(() => document.querySelector("#memgen-scorecard"));
+  if (!table) return null;
+  const box = table.closest(".prose").getBoundingClientRect();
+  const rows = [...table.querySelectorAll("tbody tr")].map((tr) => ({
+    claim: tr.dataset.claim, verdict: tr.dataset.verdict, cell: tr.cells[0].textContent.trim(),
+    background: getComputedStyle(tr.cells[0]).backgroundColor,
+    figure: tr.querySelector("a[data-figure]").dataset.figure}));
+  const fits = table.getBoundingClientRect().right <= box.right + 1;
+  const heading = [...document.querySelectorAll("h1, h2, h3")].map((h) => h.textContent.trim());
+  table.querySelector("tbody tr a[data-figure]").click();
+  const shown = await until(() => document.body.innerText.includes(caption));
+  return {rows, fits, heading, counts: document.querySelector("#memgen-scorecard-counts").textContent, shown: !!shown};
+}"""
+
+
+def test_report_opens_with_the_scorecard(built):
+    """`snakemake --report` in headless Chromium: the first page shows the scorecard, one
+    row per claim the config's families declare (from claims.csv, which the DAG built),
+    in the table's width, each verdict coloured by what it says; a row's link opens the
+    entry of its figure (its caption shows)."""
+    from memgen import claims, config
+    from memgen.report import captions
+
+    cfg = config.load(built / "config" / "test.yaml")
+    want = [f"{f}/{n}" for f in cfg["families"] for n in claims.specs(f)]
+    rows = claims.read_csv(built / claims.CSV)
+    assert [f"{r['family']}/{r['id']}" for r in rows] == want and len(want) >= 16
+    assert {r["verdict"] for r in rows} <= set(claims.VERDICTS)
+    if not (built / "report.html").exists():
+        _snakemake(built, "--report", "report.html")
+    if chromium() is None:
+        if os.environ.get("MEMGEN_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required (MEMGEN_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("chromium not installed (Debian: apt-get install chromium); `make test` installs it as root")
+    first = rows[0]
+    caption = " ".join(captions(first["family"])[first["figure"]].split())[:50]
+    with Browser() as browser:
+        browser.open(built / "report.html")
+        seen = browser.evaluate(f"({SCORECARD_JS})({json.dumps(caption)})")
+    assert seen, "no scorecard in the report"
+    assert "Reproduction scorecard" in seen["heading"] and seen["fits"], seen
+    assert [r["claim"] for r in seen["rows"]] == want
+    colours = {}
+    for r, csv_row in zip(seen["rows"], rows):
+        assert r["verdict"] == r["cell"] == csv_row["verdict"]
+        assert r["figure"] == f"figures/{csv_row['family']}/{csv_row['figure']}.png"
+        colours.setdefault(r["verdict"], set()).add(r["background"])
+    assert all(len(c) == 1 for c in colours.values()) and len({c.pop() for c in colours.values()}) == len(colours)
+    assert seen["counts"] == claims.counts(rows) and seen["shown"], seen
+    print(f"report: scorecard of {len(rows)} claims ({seen['counts']})")

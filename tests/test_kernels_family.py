@@ -356,6 +356,24 @@ def test_digits_two_classes():
         data.digits(n_train=400, n_test=0)
 
 
+def test_digits_even_vs_odd():
+    """A class may be a list of digits: even vs odd over all ten (the accuracy figure's task)."""
+    from sklearn.datasets import load_digits
+
+    from memgen.families.kernels.summary import task
+
+    evens, odds = [0, 2, 4, 6, 8], [1, 3, 5, 7, 9]
+    ds = data.digits(n_train=300, n_test=0, classes=(evens, odds), seed=0, normalize=False)
+    digit = load_digits().target
+    assert len(ds.x_train) + len(ds.x_test) == len(digit)  # every image is in one of the two classes
+    for y, rows in ((ds.y_train, ds.meta["index_train"]), (ds.y_test, ds.meta["index_test"])):
+        np.testing.assert_array_equal(y.numpy(), np.where(digit[rows] % 2 == 1, 1.0, -1.0))
+    np.testing.assert_array_equal(ds.x_train.numpy(), load_digits().data[ds.meta["index_train"]] / 16.0)
+    with pytest.raises(MemgenError, match="disjoint"):
+        data.digits(n_train=10, classes=([1, 2], [2, 3]))
+    assert task([evens, odds]) == "even vs odd" and task([3, 8]) == "3 vs 8" and task([[1, 7], 2]) == "{1,7} vs 2"
+
+
 def _fake_cifar(root, n=20, seed=0):
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

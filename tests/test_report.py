@@ -56,3 +56,36 @@ def test_captions_render_with_the_config_block():
 def test_config_source():
     assert config_source(["config/config.yaml"]) == "config/config.yaml"
     assert config_source(["a.yaml", "b.yaml", "config/config.yaml"]) == "a.yaml, b.yaml (on top of config/config.yaml)"
+
+
+def _claim_rows():
+    from memgen.claims import VERDICTS, specs
+
+    rows = []
+    for family in registry():
+        for i, (name, s) in enumerate(specs(family).items()):
+            rows.append({"family": family, "id": name, "paper": s.paper, "where": s.where, "claim": s.statement,
+                         "expected": s.expected, "measured": "0.5 <b>", "interval": "[0.1, 1]",
+                         "verdict": VERDICTS[i % 3], "reason": "a | reason *", "figure": s.figure})
+    return rows
+
+
+def test_scorecard_section_has_one_coloured_row_per_claim_linking_its_figure(tmp_path):
+    import re
+
+    from memgen.claims import write_csv
+    from memgen.report import VERDICT_STYLE, scorecard_rst
+
+    cfg = config.load(CONFIG_DIR / "test.yaml")
+    rows = _claim_rows()
+    write_csv(rows, tmp_path / "claims.csv")
+    rst = "memgen\n======\n\n" + scorecard_rst(cfg, tmp_path / "claims.csv")  # a section of workflow.rst
+    html = publish_parts(rst, writer="html", settings_overrides={"report_level": 2, "halt_level": 2})["html_body"]
+    assert "Reproduction scorecard" in html and 'id="memgen-scorecard"' in html and "system-message" not in html
+    found = re.findall(r'<tr data-claim="([\w/]+)" data-verdict="([\w ]+)"><td style="([^"]*)">', html)
+    assert [(c, v) for c, v, _ in found] == [(f"{r['family']}/{r['id']}", r["verdict"]) for r in rows]
+    assert all(style.endswith(VERDICT_STYLE[v]) for _, v, style in found)  # the verdict cell is coloured by the verdict
+    for r in rows:  # each row opens its figure's entry in the report (the PNG the figure rule marks)
+        assert f"javascript:app.showResultInfo('figures/{r['family']}/{r['figure']}.png')" in html
+    assert "0.5 &lt;b&gt;" in html and "a | reason *" in html  # text is escaped, never markup
+    assert "No scorecard yet" in scorecard_rst(cfg, tmp_path / "none.csv")

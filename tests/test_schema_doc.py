@@ -46,7 +46,7 @@ def test_defaults_and_ranges_are_rendered():
     text = schema_doc.render(config.load_schema())
     assert "| `d` | integer | required | >= 1, <= 1000 |" in text
     assert "| `max_dgrad` | number | `0.0001` | > 0 |" in text
-    assert "| `classes` | list of integer | `[3, 8]` | exactly 2 items, each >= 0, <= 9 |" in text
+    assert "| `classes` | list of integer | `[0, 1]` | exactly 2 items, each >= 0, <= 9 |" in text
     assert "| `formats` | list of one of `pdf`, `png`, `svg` | `[pdf, png]` | at least 1 item |" in text
 
 

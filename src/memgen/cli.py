@@ -10,7 +10,8 @@ all with the same calling convention::
 ``--output NAME=PATH`` per table for a step with several outputs.) ``--params`` is the
 JSON the workflow builds from the config (memgen.declare.job_params); it is stored
 verbatim in the output's provenance. Other commands: ``figure``, ``validate`` (check a
-config), ``code-hash``, ``plan`` (jobs and hours of a config).
+config), ``code-hash``, ``plan`` (jobs and hours of a config), ``claims`` (the
+reproduction scorecard from the summaries; ``--strict``: exit 1 when a claim fails).
 """
 
 from __future__ import annotations
@@ -134,6 +135,28 @@ def _code_hash(args) -> None:
             print(m)
 
 
+def _claims(args) -> None:
+    from memgen import claims
+    from memgen.families import registry
+
+    if args.families:
+        families = args.families
+    elif args.configfile:
+        from memgen import config
+
+        families = config.load(args.configfile)["families"]
+    else:
+        families = list(registry())
+    rows = [row for f in families for row in claims.evaluate(f, args.root)]
+    if args.output:
+        claims.write_csv(rows, args.output)
+    print(claims.scorecard(rows), flush=True)
+    failed = sum(r["verdict"] == claims.NOT_REPRODUCED for r in rows)
+    if args.strict and failed:
+        print(f"memgen claims: {failed} claim(s) not reproduced (--strict)", file=sys.stderr)
+        raise SystemExit(1)
+
+
 def _plan(args) -> None:
     from memgen import plan
 
@@ -183,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", metavar="DIR", default=None,
                    help="fit the per-unit costs to DIR/logs/benchmark + DIR/data of an earlier run")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser("claims", help="the reproduction scorecard: every paper claim checked from the summaries",
+                       description="Check every claim the families declare (memgen.claims) from the summary "
+                                   "tables under --root and print one line per claim.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--families", nargs="+", metavar="FAMILY", help="these families (default: all)")
+    g.add_argument("--configfile", help="the families of this config")
+    p.add_argument("--root", default=".", help="the directory holding data/summary/ (default: .)")
+    p.add_argument("--output", metavar="CSV", help="also write the scorecard as CSV (the workflow's claims.csv)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a claim is not reproduced")
+    p.set_defaults(func=_claims)
 
     p = sub.add_parser("code-hash", help="hash of the code behind a step")
     p.add_argument("step")

@@ -142,20 +142,24 @@ def from_h5(data: h5io.H5Data, binary: bool = True) -> Dataset:
 
 def _two_class_split(x: np.ndarray, labels: np.ndarray, classes, n_train: int, n_test: int, seed: int,
                      name: str, x_test=None, labels_test=None, negative: float = -1.0):
-    """Keep two classes (first -> ``negative``, second -> +1); seeded draw of ``n_train``
-    training points (and ``n_test`` test points, 0 = all) from the given pools. Returns
-    x_train, y_train, x_test, y_test and the rows of the train and test points in the
-    pools they came from."""
-    classes = [c.integer(name, "classes", k) for k in c.array(name, "classes", classes, ndim=1)]
-    if len(classes) != 2 or classes[0] == classes[1]:
-        raise MemgenError(f"{name}: classes must be two different labels, got {classes}")
+    """Keep two classes (first -> ``negative``, second -> +1; a class is a label or a list
+    of labels, e.g. the even and the odd digits); seeded draw of ``n_train`` training
+    points (and ``n_test`` test points, 0 = all) from the given pools. Returns x_train,
+    y_train, x_test, y_test and the rows of the train and test points in the pools they
+    came from."""
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__") or len(classes) != 2:
+        raise MemgenError(f"{name}: classes must be two labels (or two lists of labels), got {classes!r}")
+    groups = [[c.integer(name, "classes", k) for k in (g if isinstance(g, (list, tuple)) else [g])] for g in classes]
+    if not all(groups) or set(groups[0]) & set(groups[1]):
+        raise MemgenError(f"{name}: classes must be two different labels (or disjoint lists of labels), "
+                          f"got {list(classes)}")
     n_train, n_test, seed = c.integer(name, "n_train", n_train, lo=1), c.integer(name, "n_test", n_test, lo=0), \
         c.integer(name, "seed", seed)
     rng = np.random.default_rng(seed)
 
     def pick(xs, ls):
-        rows = np.flatnonzero(np.isin(ls, classes))
-        return xs[rows].astype(np.float64), np.where(ls[rows] == classes[1], 1.0, negative), rows
+        rows = np.flatnonzero(np.isin(ls, groups[0] + groups[1]))
+        return xs[rows].astype(np.float64), np.where(np.isin(ls[rows], groups[1]), 1.0, negative), rows
 
     xa, ya, ra = pick(x, labels)
     if x_test is None:  # one pool: split it
@@ -177,7 +181,8 @@ def _two_class_split(x: np.ndarray, labels: np.ndarray, classes, n_train: int, n
 
 def digits(n_train: int, n_test: int = 0, classes=(3, 8), seed: int = 0, labels: str = "sign",
            normalize: bool = True) -> Dataset:
-    """scikit-learn's 8x8 digits (1797 images, d = 64), two classes.
+    """scikit-learn's 8x8 digits (1797 images, d = 64), two classes: two digits, or two
+    disjoint lists of digits (``classes=([0, 2, 4, 6, 8], [1, 3, 5, 7, 9])``: even vs odd).
 
     A seeded permutation of the two classes' images gives ``n_train`` training points and
     ``n_test`` test points (0 = all the rest). Labels: ``classes[1]`` -> +1,

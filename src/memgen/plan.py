@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memgen import MemgenError
+from memgen.claims import RULE as CLAIMS_RULE
 from memgen.provenance import PACKAGE_DIR
 
 ROOT = PACKAGE_DIR.parents[1]  # the repository: Snakefile, workflow/, config/
@@ -141,6 +142,7 @@ def costs(jobs: list[DryJob], steps: int = DEFAULT_STEPS, unit: dict[str, float]
 
     family_of = {s.name: f for f, fam in registry().items() for s in fam.steps}
     family_of.update({f"{fam.prefix}_figure": f for f, fam in registry().items()})
+    family_of[CLAIMS_RULE] = "scorecard"  # (memgen.claims: one job over every family)
     out: dict[str, RuleCost] = {}
     for job in jobs:
         if job.rule == "all":

@@ -162,6 +162,22 @@ def growing_mode_state(W, v, b) -> tuple[float, np.ndarray]:
     return m, m * bh
 
 
+def two_layer_flow(u, z, A, b, lr=1.0):
+    """The vector field of :func:`two_layer_ode` at states (u (...), z (..., d)):
+    ``(lr_v z.g, lr_W u g)`` with ``g = b - A (u z)``; ``lr`` one step size or (lr_W, lr_v)."""
+    lr_W, lr_v = (float(lr), float(lr)) if np.ndim(lr) == 0 else (float(lr[0]), float(lr[1]))
+    u, z = _np(u), _np(z)
+    g = _np(b) - (u[..., None] * z) @ _np(A).T
+    return lr_v * (z * g).sum(-1), lr_W * u[..., None] * g
+
+
+def ode_start(W0, v0, b, init: str = "gaussian") -> tuple[float, np.ndarray]:
+    """The (u, z) the reduced ODE starts from for layers (W0, v0): the growing mode of a
+    ``"gaussian"`` init (:func:`growing_mode_state`), the exact rank-one state otherwise
+    (:func:`rank_one_state`)."""
+    return growing_mode_state(W0, v0, b) if init == "gaussian" else rank_one_state(W0, v0)
+
+
 def two_layer_ode(times, A, b, u0: float, z0, lr=1.0, rtol: float = 1e-9, atol: float = 1e-12):
     """Integrate the reduced (u, z) flow of a two-layer linear network.
 
@@ -187,9 +203,8 @@ def two_layer_ode(times, A, b, u0: float, z0, lr=1.0, rtol: float = 1e-9, atol: 
     rtol, atol = c.number(fn, "rtol", rtol, lo=0, lo_open=True), c.number(fn, "atol", atol, lo=0, lo_open=True)
 
     def rhs(_, y):
-        u, z = y[0], y[1:]
-        g = b - A @ (u * z)
-        return np.concatenate(([lr_v * (z @ g)], lr_W * u * g))
+        du, dz = two_layer_flow(y[0], y[1:], A, b, lr)
+        return np.concatenate(([du], dz))
 
     sol = solve_ivp(rhs, (0.0, float(t.max())), np.concatenate(([float(u0)], z0)), t_eval=t,
                     method="LSODA", rtol=rtol, atol=atol)
@@ -281,8 +296,7 @@ def two_layer_theory(steps, X, y, W0, v0, lr, init: str = "gaussian") -> tuple[n
     steps = _steps("two_layer_theory", steps)
     n = X.shape[0]
     A, b = X.T @ X / n, X.T @ y / n
-    u0, z0 = growing_mode_state(W0, v0, b) if init == "gaussian" else rank_one_state(W0, v0)
-    u, z = two_layer_ode(steps, A, b, u0, z0, lr)
+    u, z = two_layer_ode(steps, A, b, *ode_start(W0, v0, b, init), lr)
     return u[:, None] * z, lazy_two_layer(steps, A, b, W0, v0, lr)
 
 

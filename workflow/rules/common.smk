@@ -5,6 +5,7 @@
 import shlex
 import sys
 
+from memgen import claims as memgen_claims
 from memgen.declare import input_paths, job_params
 from memgen.families import registry
 from memgen.figures import specs as figure_specs
@@ -135,3 +136,24 @@ def _figure_rule(fam, block):
             memgen_shell(f"figure {fam.name} {{wildcards.name}} {{params.inputs}} --output {{output}}"
                          " --options {params.options:q}")
     FAMILY_TARGETS[fam.name] = expand(f"figures/{fam.name}/{{name}}.{{ext}}", name=list(figures), ext=formats)
+
+
+def claims_rule(families):
+    """The reproduction scorecard data/summary/claims.csv: every claim the families
+    declare (memgen.claims) checked from the summary tables they read. A light local
+    job; a claim that is not reproduced (or fails) is a row of the table, never a
+    failed job. Its code hash covers the claim functions."""
+    rule:
+        name: memgen_claims.RULE
+        input:
+            **memgen_claims.rule_inputs(families),
+        output:
+            memgen_claims.CSV,
+        params:
+            families=" ".join(families),
+            code=memgen_claims.code_hash(families),
+        localrule: True
+        log:
+            "logs/claims.log",
+        shell:
+            memgen_shell("claims --families {params.families} --output {output}")

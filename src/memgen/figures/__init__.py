@@ -94,7 +94,13 @@ def read_csv(inputs: dict[str, Path], key: str, columns: list[str], name: str):
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise MemgenError(f"figure {name}: {path} lacks column(s) {', '.join(missing)}")
-    for col in BOOL_COLUMNS:  # bool columns come back as object when they hold NaN
+    return coerce_bools(df)
+
+
+def coerce_bools(df):
+    """The flag columns (:data:`BOOL_COLUMNS`) of a summary table read back as bool
+    (they come back as object when they hold NaN)."""
+    for col in BOOL_COLUMNS:
         if col in df.columns and df[col].dtype != bool:
             df[col] = df[col].astype(str).str.lower().isin(("true", "1", "1.0"))
     return df

@@ -4,10 +4,12 @@ seed 004), experiment and theory on the same axes.
     dd_linear (schedule)   -> dd_theory_linear            \\
     dd_two_layer (init)    -> dd_theory_two_layer (init)   -> dd_summary (CSV) -> figures
     dd_modelwise,             dd_theory_modelwise         /
+    dd_vector_field (seed 004's d = 2 examples)          /
 """
 
 from memgen.declare import Cost, Each, Family, Step
 from memgen.families.double_descent import params as P
+from memgen.phase_plane import PLANES
 
 # memgen.provenance: declarations are not in code hashes; what they change (paths, params)
 # reaches the rules directly, and Job.write checks the datasets they name
@@ -42,17 +44,25 @@ THEORY_MODELWISE = Step("dd_theory_modelwise", "steps:theory_modelwise", "data/t
                         writes={"snr": ("S",), "ratio": ("G",), "risk_min_norm": ("S", "G"), "ratio_asym": ("H",),
                                 "risk_min_norm_asym": ("S", "H"), "risk_early_stopped": ("S", "H"),
                                 "t_stop": ("S", "H")})
+EKG = ("E", "G", "G")
+VECTOR_FIELD = Step("dd_vector_field", "steps:vector_field", "data/runs/double_descent/vector_field.h5",
+                    P.vector_field,
+                    writes={"kappa": ("E",), "scale": ("E",), "step": K, "u_ode": ("E", "K"), "z_ode": ("E", "K", 2),
+                            "u_net": ("E", "K"), "z_net": ("E", "K", 2), "invariant": ("E",),
+                            **{f"{plane}/{k}": ("E", "G") for plane in PLANES for k in ("x", "y")},
+                            **{f"{plane}/{k}": EKG for plane in PLANES for k in ("third", "dx", "dy")}},
+                    heavy=True, cost=Cost(seconds=30.0))
 SUMMARY = Step("dd_summary", "summary:summary",
                {k: f"data/summary/double_descent_{k}.csv"
-                for k in ("epochwise", "two_layer", "jacobian", "modelwise", "key_numbers")},
+                for k in ("epochwise", "two_layer", "jacobian", "modelwise", "key_numbers", "vector_field")},
                inputs={"linear": Each(LINEAR, P.schedule_points), "theory_linear": THEORY_LINEAR,
                        "two_layer": Each(TWO_LAYER, P.init_points),
                        "theory_two_layer": Each(THEORY_TWO_LAYER, P.init_points),
-                       "modelwise": MODELWISE, "theory_modelwise": THEORY_MODELWISE})
+                       "modelwise": MODELWISE, "theory_modelwise": THEORY_MODELWISE, "vector_field": VECTOR_FIELD})
 
 FAMILY = Family(
     name="double_descent", prefix="dd", package=__name__,
     title="Epoch-wise and model-wise double descent (Heckel & Yilmaz 2021; Advani & Saxe 2020)",
-    steps=(LINEAR, THEORY_LINEAR, TWO_LAYER, THEORY_TWO_LAYER, MODELWISE, THEORY_MODELWISE, SUMMARY),
+    steps=(LINEAR, THEORY_LINEAR, TWO_LAYER, THEORY_TWO_LAYER, MODELWISE, THEORY_MODELWISE, VECTOR_FIELD, SUMMARY),
     summary=SUMMARY, check=P.check,
     constraints={"schedule": "|".join(P.SCHEDULES), "init": "|".join(P.INITS)})

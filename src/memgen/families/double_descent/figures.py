@@ -259,3 +259,93 @@ def jacobian_spectrum(jacobian: pd.DataFrame, options: dict):
     _panel_label(axes[1], "(b) first vs second layer")
     axes[0].legend(handles, labels, loc="lower left")
     return fig
+
+
+# ---------------------------------------------------------------- seed 004's vector fields
+
+PLANE_AXES = {"u_z1": ("$u$", "$z_1$"), "u_z2": ("$u$", "$z_2$"), "z1_z2": ("$z_1$", "$z_2$")}
+PATHS = {"network": {"color": style.COLORS[1], "lw": 1.6, "label": r"network $(\|v\|, W^\top v/\|v\|)$"},
+         "ode": {"color": "k", "lw": 1.0, "ls": "--", "label": r"reduced $(u,z)$ ODE"}}
+VECTOR_FIELD_COLUMNS = ["example", "kappa", "scale", "plane", "kind", "step", "x", "y", "dx", "dy"]
+
+
+def _vector_field(table: pd.DataFrame, plane: str):
+    """One panel per example: the field's direction (arrows of equal length on screen,
+    coloured by log10 of the speed) and both paths, start (o) to end (*)."""
+    import matplotlib
+
+    examples = sorted(pd.to_numeric(table["example"], errors="coerce").dropna().unique())
+    fig, axes = style.figure(ncols=len(examples), height=2.4)
+    axes = np.atleast_1d(axes)
+    speeds = []
+    for i, (ax, e) in enumerate(zip(axes, examples)):
+        rows = table[(table["example"] == e) & (table["plane"] == plane)]
+        box = _xy(rows[rows["kind"] == "field"], "x", "y", positive_x=False)  # the grid (finite points)
+        f = _xy(rows[rows["kind"] == "field"], "x", "y", "dx", "dy", positive_x=False)
+        span_x, span_y = (float(np.ptp(box[c])) or 1.0 for c in ("x", "y")) if len(box) else (1.0, 1.0)
+        n = np.hypot(f["dx"] / span_x, f["dy"] / span_y)  # in units of the box: equal lengths on screen
+        ok = (n > 0).to_numpy()
+        cells = max(box["x"].nunique() - 1, 1)
+        if ok.any():
+            speed = np.log10(np.hypot(f["dx"], f["dy"])[ok])
+            speeds.append(speed)
+            ax.quiver(f["x"][ok], f["y"][ok], (f["dx"] / n)[ok], (f["dy"] / n)[ok], speed, cmap=style.CMAP,
+                      angles="xy", scale_units="xy", scale=cells / 0.6, pivot="mid",
+                      width=0.006, headwidth=3.5, zorder=1)
+        for kind, kw in PATHS.items():
+            p = rows[rows["kind"] == kind].sort_values("step")
+            v = p[["x", "y"]].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+            if len(v):
+                ax.plot(v["x"], v["y"], zorder=3, **kw)
+                ax.plot(v["x"].iloc[[0]], v["y"].iloc[[0]], "o", color=kw["color"], ms=3, zorder=4)
+                ax.plot(v["x"].iloc[[-1]], v["y"].iloc[[-1]], "*", color=kw["color"], ms=6, zorder=4)
+        _note_if_empty(ax, int(ok.sum()), "field")
+        kappa, scale = (pd.to_numeric(rows[c], errors="coerce").dropna() for c in ("kappa", "scale"))
+        title = rf"$\kappa={kappa.iloc[0]:g}$, init {scale.iloc[0]:g}" if len(kappa) and len(scale) else "?"
+        xlabel, ylabel = PLANE_AXES[plane]
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        if len(box):  # the whole box of the field (the origin included), half a cell around it
+            ax.set_xlim(box["x"].min() - 0.5 * span_x / cells, box["x"].max() + 0.5 * span_x / cells)
+            ax.set_ylim(box["y"].min() - 0.5 * span_y / cells, box["y"].max() + 0.5 * span_y / cells)
+        _panel_label(ax, f"({'abcdefgh'[i % 8]}) {title}")
+    if speeds:
+        lo, hi = float(min(s.min() for s in speeds)), float(max(s.max() for s in speeds))
+        norm = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1)
+        cb = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=style.CMAP), ax=list(axes), pad=0.01,
+                          fraction=0.03, aspect=30)
+        cb.set_label(r"$\log_{10}$ speed")
+    axes[0].legend(loc="best", fontsize=5.5)
+    return fig
+
+
+@figure(vector_field=VECTOR_FIELD_COLUMNS)
+def vector_field_u_z1(vector_field: pd.DataFrame, options: dict):
+    """Seed 004's vector field of the reduced (u, z) ODE of a two-layer linear network
+    in the (u, z1) plane (z1: the weight on the large-eigenvalue feature), d = 2, one
+    panel per example (eigenvalue ratio kappa, init scale). Arrows: the direction of the
+    flow (equal length, colour: log10 speed) with z2 taken on the ODE's invariant surface
+    u^2/lr_v - |z|^2/lr_W = c (the seed fixes z2 instead), so the ODE's path (dashed)
+    follows them; no arrows where that surface does not reach. Solid: the trained
+    network's rank-one projection (|v|, W^T v / |v|); o start, * end. From the small init
+    the network follows the ODE from the saddle at the origin; from the large one it stays
+    lazy, far from the ODE's path."""
+    return _vector_field(vector_field, "u_z1")
+
+
+@figure(vector_field=VECTOR_FIELD_COLUMNS)
+def vector_field_u_z2(vector_field: pd.DataFrame, options: dict):
+    """Seed 004's vector field of the reduced (u, z) ODE in the (u, z2) plane (z2: the
+    weight on the small-eigenvalue feature), d = 2, one panel per example (kappa, init
+    scale), z1 on the ODE's invariant surface; arrows, paths and markers as in
+    vector_field_u_z1. With kappa = 100 the slow weight z2 moves only after u and z1
+    have grown: the second, slow phase of learning."""
+    return _vector_field(vector_field, "u_z2")
+
+
+@figure(vector_field=VECTOR_FIELD_COLUMNS)
+def vector_field_z1_z2(vector_field: pd.DataFrame, options: dict):
+    """Seed 004's vector field of the reduced (u, z) ODE in the (z1, z2) plane, d = 2,
+    one panel per example (kappa, init scale), u on the ODE's invariant surface; arrows,
+    paths and markers as in vector_field_u_z1. With kappa = 100 the paths first run along
+    z1 (the large-eigenvalue feature), then turn to z2; with kappa = 1 both grow at once."""
+    return _vector_field(vector_field, "z1_z2")

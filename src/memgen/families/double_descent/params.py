@@ -22,6 +22,11 @@ def check(dd: dict) -> list[str]:
             out.append(f"{sec}.n: decoupled data need n >= d_fast + d_slow = {d}, got {b['n']}")
         if b["n_logged"] > b["steps"] + 1:
             out.append(f"{sec}.n_logged: {b['n_logged']} exceeds steps + 1 = {b['steps'] + 1}")
+    vf = dd["vector_field"]
+    if vf["decoupled"] and vf["n"] < 2:
+        out.append(f"vector_field.n: decoupled data need n >= 2 (one feature per group), got {vf['n']}")
+    if vf["n_logged"] > vf["steps"] + 1:
+        out.append(f"vector_field.n_logged: {vf['n_logged']} exceeds steps + 1 = {vf['steps'] + 1}")
     ep = dd["epochwise"]
     if ep["lr"] >= 2.0:  # s_fast = 1: GD on the large-eigenvalue group diverges
         out.append(f"epochwise.lr: {ep['lr']} must be < 2 (largest covariance eigenvalue is 1)")
@@ -107,6 +112,17 @@ def two_layer_params(dd: dict, init: str) -> dict:
     return {"data": data_params(tl), "data_seed": int(tl["data_seed"]), "name": init, "init": tl["init"],
             "scale": float(tl["scales"][init]), "hidden": int(tl["hidden"]), "init_seed": int(tl["init_seed"]),
             "lr": float(tl["lr"]), "steps": int(tl["steps"]), "n_logged": int(tl["n_logged"])}
+
+
+def vector_field(dd: dict, wc: Wildcards) -> dict:
+    """dd_vector_field: seed 004's d = 2 problem (one feature per group), one data draw
+    per example (kappa, init scale), the network trained by GD and the reduced ODE."""
+    vf = dd["vector_field"]
+    data = {"d_fast": 1, "d_slow": 1, **{k: vf[k] for k in ("theta_fast", "theta_slow", "n", "noise_std", "decoupled")}}
+    return {"data": data, "data_seed": int(vf["data_seed"]), "hidden": int(vf["hidden"]), "init": vf["init"],
+            "init_seed": int(vf["init_seed"]), "lr": float(vf["lr"]), "steps": int(vf["steps"]),
+            "n_logged": int(vf["n_logged"]), "grid": int(vf["grid"]),
+            "examples": [{"kappa": float(e["kappa"]), "scale": float(e["scale"])} for e in vf["examples"]]}
 
 
 def modelwise_params(dd: dict) -> dict:

@@ -145,3 +145,32 @@ def theory_modelwise(job) -> None:
                "risk_min_norm": c.risk_min_norm, "ratio_asym": c.ratio_asym,
                "risk_min_norm_asym": c.risk_min_norm_asym, "risk_early_stopped": c.risk_early_stopped,
                "t_stop": c.t_stop})
+
+
+def vector_field(job) -> None:
+    """Seed 004's vector fields (memgen.phase_plane.vector_field): for each example
+    (kappa, init scale), one draw of the d = 2 problem, GD on the two-layer network and
+    the reduced (u, z) ODE at the logged steps, and the ODE's field in the (u, z1),
+    (u, z2) and (z1, z2) planes on a grid covering both paths."""
+    params = job.params
+    from memgen import linear, phase_plane
+
+    d = params["data"]
+    steps = linear.logged_steps(params["steps"], params["n_logged"])
+    fields = []
+    with _one_blas_thread():
+        for ex in params["examples"]:
+            s, theta = _dd_problem({**d, "kappa": ex["kappa"]})
+            X, y = linear.linear_teacher(d["n"], len(s), s, theta, d["noise_std"], seed=params["data_seed"],
+                                         decoupled=d["decoupled"])
+            W0, v0 = linear.two_layer_init(len(s), params["hidden"], params["init"], ex["scale"], params["init_seed"])
+            fields.append(phase_plane.vector_field(X, y, s, theta, d["noise_std"], steps, params["lr"], W0, v0,
+                                                   params["init"], params["grid"]))
+    arrays = {"kappa": np.array([e["kappa"] for e in params["examples"]]),
+              "scale": np.array([e["scale"] for e in params["examples"]]), "step": steps,
+              **{k: np.stack([getattr(f, k) for f in fields]) for k in ("u_ode", "z_ode", "u_net", "z_net")},
+              "invariant": np.array([f.c for f in fields])}
+    for plane in phase_plane.PLANES:
+        arrays.update({f"{plane}/{k}": np.stack([f.planes[plane][k] for f in fields])
+                       for k in ("x", "y", "third", "dx", "dy")})
+    job.write(arrays, seed=params["init_seed"])

@@ -14,7 +14,11 @@ The summary: the HDF5 outputs as tidy CSVs:
 - ``modelwise``: test risk vs n/p, empirical (min-norm least squares, oracle early
   stopped gradient flow) and theory, per SNR;
 - ``key_numbers``: (metric, where, value): max deviation from the closed form, bump
-  heights, peak location, ODE tracking error.
+  heights, peak location, ODE tracking error;
+- ``vector_field``: seed 004's d = 2 examples: per example and plane ((u, z1), (u, z2),
+  (z1, z2)) the ODE's field on a grid (``kind`` field: x, y, dx, dy and the third
+  coordinate on the ODE's invariant surface) and the paths (``kind`` ode / network:
+  x, y per logged step).
 """
 
 from __future__ import annotations
@@ -178,11 +182,30 @@ def key_numbers(epochwise: pd.DataFrame, two_layer: pd.DataFrame, modelwise: pd.
     return pd.DataFrame(rows, columns=["metric", "where", "value"])
 
 
+def _vector_field(job) -> pd.DataFrame:
+    from memgen.phase_plane import PLANES, coordinates
+
+    r = job.read("vector_field")
+    frames = []
+    for e, (kappa, scale) in enumerate(zip(r["kappa"], r["scale"])):
+        base = {"example": e, "kappa": float(kappa), "scale": float(scale)}
+        for plane in PLANES:
+            x, y = np.meshgrid(r[f"{plane}/x"][e], r[f"{plane}/y"][e])
+            frames.append(pd.DataFrame({**base, "plane": plane, "kind": "field", "step": -1, "x": x.ravel(),
+                                        "y": y.ravel(), "dx": r[f"{plane}/dx"][e].ravel(),
+                                        "dy": r[f"{plane}/dy"][e].ravel(), "third": r[f"{plane}/third"][e].ravel()}))
+            for kind, key in (("ode", "ode"), ("network", "net")):
+                px, py = coordinates(plane, r[f"u_{key}"][e], r[f"z_{key}"][e])
+                frames.append(pd.DataFrame({**base, "plane": plane, "kind": kind, "step": r["step"].astype(int),
+                                            "x": px, "y": py}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def summary(job) -> None:
     """Tidy tables of the double-descent runs and their theory (module doc)."""
     ep = _epochwise(job)
     tl, jac = _two_layer(job)
     mw = _modelwise(job)
     for name, df in (("epochwise", ep), ("two_layer", tl), ("jacobian", jac), ("modelwise", mw),
-                     ("key_numbers", key_numbers(ep, tl, mw))):
+                     ("key_numbers", key_numbers(ep, tl, mw)), ("vector_field", _vector_field(job))):
         job.write_csv(name, df)

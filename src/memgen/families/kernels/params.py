@@ -16,6 +16,7 @@ from typing import Mapping
 
 Wildcards = Mapping[str, str]
 DIMS = {"digits": 64, "cifar2": 3072}
+DIGIT_IMAGES = 170  # scikit-learn's digits hold 174 to 183 images of each digit
 METHODS = ("ntk", "nngp", "ntk_inf", "nngp_inf", "trained")  # of kn_accuracy: acc_METHOD
 # of kn_linearized, at checkpoints: GD and the linearized network on train / test
 LIN_KEYS = ("step", "t", "loss_train", "loss_test", "lin_loss_train", "lin_loss_test", "w_dist", "w_move",
@@ -26,12 +27,14 @@ def check(kb: dict) -> list[str]:
     """Problems a schema cannot express (keys relative to the ``kernels`` block)."""
     out = []
     dg = kb["digits"]
-    if len(set(dg["classes"])) != 2:
-        out.append(f"digits.classes: need two different digits, got {dg['classes']}")
+    a, b = (set(g) for g in class_groups(dg["classes"]))
+    if a & b:
+        out.append(f"digits.classes: need two different digits or disjoint lists of digits, got {dg['classes']}")
     need = max(max(kb["accuracy"]["n_train"]), kb["linearized"]["n_train"], kb["convergence"]["n_points"])
-    if need + max(dg["n_test"], 1) > 330:  # the rarest digit pair has about 350 images
+    images = DIGIT_IMAGES * len(a | b)
+    if need + max(dg["n_test"], 1) > images:
         out.append(f"accuracy.n_train / linearized.n_train / convergence.n_points: {need} training points plus "
-                   f"digits.n_test={dg['n_test']} exceed the ~350 images of two digit classes")
+                   f"digits.n_test={dg['n_test']} exceed the ~{images} images of the digits {sorted(a | b)}")
     for key in ("accuracy.n_train", "accuracy.seeds", "convergence.widths", "convergence.seeds",
                 "linearized.widths"):
         a, b = key.split(".")
@@ -41,6 +44,11 @@ def check(kb: dict) -> list[str]:
         out.append(f"cifar.classes: need two different classes, got {kb['cifar']['classes']}")
     out += _cifar_problems(kb["cifar"])
     return out
+
+
+def class_groups(classes) -> list[list[int]]:
+    """The two classes of ``digits.classes`` as lists of digits (a class is a digit or a list)."""
+    return [[int(c) for c in (g if isinstance(g, list) else [g])] for g in classes]
 
 
 def _cifar_problems(c: dict) -> list[str]:
@@ -77,7 +85,7 @@ def dataset_params(kb: dict, name: str) -> dict:
         dg = kb["digits"]
         n = max(max(kb["accuracy"]["n_train"]), kb["linearized"]["n_train"], kb["convergence"]["n_points"])
         return {"name": "digits", "n_train": int(n), "n_test": int(dg["n_test"]),
-                "classes": [int(c) for c in dg["classes"]], "seed": int(dg["seed"])}
+                "classes": [g if len(g) > 1 else g[0] for g in class_groups(dg["classes"])], "seed": int(dg["seed"])}
     c = kb["cifar"]
     return {"name": "cifar2", "n_train": int(max(c["n_train"])), "n_test": int(c["n_test"]),
             "classes": [int(v) for v in c["classes"]], "seed": int(c["seed"]), "root": str(c["root"])}

@@ -11,17 +11,18 @@ from memgen.families.kernels.params import LIN_KEYS, METHODS
 
 
 def summary(job) -> None:
-    """Tidy tables: accuracy per (data set, n, seed, method), the empirical kernels'
+    """Tidy tables: accuracy per (data set, n, seed, method) with the classes in
+    words (``task``), the empirical kernels'
     error per (h, seed), the linearized-vs-GD curves per width."""
     rows = []
     for d in job.read_each("accuracy"):
         p = d.params
-        base = {"dataset": p["dataset"]["name"], "n_train": p["n_train"], "seed": p["seed"],
-                "h": p["model"]["h"], "L": p["model"]["L"]}
+        base = {"dataset": p["dataset"]["name"], "task": task(p["dataset"]["classes"]), "n_train": p["n_train"],
+                "seed": p["seed"], "h": p["model"]["h"], "L": p["model"]["L"]}
         # diverged: GD of the trained network blew up (its accuracy is NaN); kernel methods never do
         rows += [{**base, "method": m, "accuracy": float(d[f"acc_{m}"]),
                   "diverged": m == "trained" and bool(d.attrs.get("diverged", False))} for m in METHODS]
-    job.write_csv("accuracy", pd.DataFrame(rows, columns=["dataset", "n_train", "seed", "h", "L", "method",
+    job.write_csv("accuracy", pd.DataFrame(rows, columns=["dataset", "task", "n_train", "seed", "h", "L", "method",
                                                            "accuracy", "diverged"]))
     rows = []
     for d in job.read_each("convergence"):
@@ -41,6 +42,14 @@ def summary(job) -> None:
         curves.append(df)
     job.write_csv("linearized", pd.concat(curves, ignore_index=True) if curves
                   else pd.DataFrame(columns=["h", *LIN_KEYS]))
+
+
+def task(classes) -> str:
+    """The two classes in words: "3 vs 8", or "even vs odd" for the even and the odd digits."""
+    groups = [sorted(g) if isinstance(g, list) else [g] for g in classes]
+    if groups == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]:
+        return "even vs odd"
+    return " vs ".join("{" + ",".join(map(str, g)) + "}" if len(g) > 1 else str(g[0]) for g in groups)
 
 
 def slope(h, err) -> float:
