@@ -66,7 +66,7 @@ def test_the_issue_lists_these_claims():
 def test_rule_inputs_and_code_hash_follow_the_declarations():
     inputs = C.rule_inputs(["time_scale", "curvature"])
     assert inputs["time_scale__table"] == "data/summary/time_scale.csv"
-    assert set(inputs) == {"time_scale__table", "curvature__toy", "curvature__models"}  # (no phase table yet)
+    assert set(inputs) == {"time_scale__table", "time_scale__phase", "curvature__toy", "curvature__models"}
     assert C.code_hash(["time_scale"]) != C.code_hash(["curvature"]) == C.code_hash(["curvature"])
 
 

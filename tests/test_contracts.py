@@ -164,3 +164,15 @@ def test_dtype_policy_inverse_hvp_methods_agree(v_dtype, h_dtype):
 def test_empty_inputs_fail_with_a_named_error(call, match):
     with pytest.raises(MemgenError, match=match):
         call()
+
+
+def test_population_risk_of_diverged_weights_is_non_finite_not_an_error():
+    """A diverged run's weights (inf, NaN) give a non-finite risk, which the caller records
+    as diverged; finite weights give the closed form sum s^2 (w - theta)^2 + sigma^2."""
+    from memgen.linear import population_risk
+
+    s, theta = np.array([1.0, 2.0]), np.array([0.5, -1.0])
+    w = torch.tensor([[0.0, 0.0], [math.inf, 0.0], [math.nan, 1.0]], dtype=torch.float64)
+    r = population_risk(w, s, theta, 0.5)
+    assert float(r[0]) == pytest.approx(0.25 + 4.0 + 0.25)
+    assert math.isinf(float(r[1])) and math.isnan(float(r[2]))

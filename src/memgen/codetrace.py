@@ -3,12 +3,14 @@ closures of memgen.provenance (tests run the workflow with ``MEMGEN_TRACE_CODE=D
 
 :func:`traced` records, while its block runs, every memgen function entered (module and
 qualified name, ``train.<locals>.save``, through ``sys.setprofile``) and writes them to
-a JSON file: module -> sorted names. ``<module>`` is a module's import-time code.
+a JSON file: module -> sorted names. ``<module>`` is a module's import-time code, class
+bodies included (they run once, at import, and only define names).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -42,7 +44,9 @@ def traced(path: Path):
                 names[fn] = _module_name(fn)
             module = names[fn]
             if module is not None:
-                seen.setdefault(module, set()).add(code.co_qualname)
+                # (no CO_NEWLOCALS: a module's or a class body's import-time code)
+                name = code.co_qualname if code.co_flags & inspect.CO_NEWLOCALS else "<module>"
+                seen.setdefault(module, set()).add(name)
 
     sys.setprofile(hook)
     try:
