@@ -260,8 +260,10 @@ def train_regular(f0, x, y, tau, max_walltime, alpha, loss, subf0, max_dgrad=mat
 # The shared problem and the three timed runs
 # --------------------------------------------------------------------------------------
 
-def setup(n, d, k, h, L, alpha, seed=0):
-    data = sparse_parity(n, 0, k, d, seed)
+def setup(n, d, k, h, L, alpha, seed=0, n_test=0, tau=0.0):
+    """The problem both sides solve: n training (and n_test test) points, memgen's FC, the
+    seed's FC with the same weights, the seed's loss and memgen's FlowConfig."""
+    data = sparse_parity(n, n_test, k, d, seed)
     net = MemgenFC(d, h, L, activation="softplus", beta=ACT_BETA, normalize=True, bias=False,
                    last_layer="mean_field", seed=seed)
     c = activation_constant("softplus", ACT_BETA)
@@ -275,7 +277,7 @@ def setup(n, d, k, h, L, alpha, seed=0):
         return F.softplus(LOSS_BETA * (1 - alpha * fy), threshold=BIG).div(LOSS_BETA * alpha**2)
 
     cfg = FlowConfig(alpha=alpha, loss=Loss("soft_hinge", LOSS_BETA), normalization="article",
-                     max_dgrad=1e-4, max_dout=0.1, tau=0.0)
+                     max_dgrad=1e-4, max_dout=0.1, tau=tau)
     return data, net, seed_fc, seed_loss, cfg
 
 
@@ -435,12 +437,17 @@ def main(argv=None):
               f"{ms['baseline']:>8.3f} {ms['memgen_run']:>7.3f} {rt['memgen_run']:>5.2f} "
               f"{ms['memgen_flow']:>7.3f} {rt['memgen_flow']:>5.2f} | "
               f"{cr['memgen_run']:>13.2f} {cr['memgen_flow']:>5.2f} | {tr}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(command=" ".join(["python", "benchmarks/train_step.py"] + list(sys.argv[1:] if argv is None else argv)),
-                torch=torch.__version__, python=platform.python_version(), machine=platform.machine())
-    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"written {args.out}")
+    write_results(args.out, "benchmarks/train_step.py", argv, rows)
     return 0 if all_ok else 1
+
+
+def write_results(out: Path, script: str, argv, rows) -> None:
+    """rows and the command / versions that produced them, as JSON in ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(command=" ".join(["python", script] + list(sys.argv[1:] if argv is None else argv)),
+                torch=torch.__version__, python=platform.python_version(), machine=platform.machine())
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

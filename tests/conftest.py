@@ -85,6 +85,19 @@ def generic_ntk(model, x1, x2=None, block=256, **kw):
     return generic_gram_blocks(model, xs, pairs, block=block, **kw)[0]
 
 
+def count_prepare(problem) -> dict:
+    """Count the gradient evaluations (``problem.prepare`` calls) from now on: {"n": ...}."""
+    calls = {"n": 0}
+    prepare = problem.prepare
+
+    def counted(state):
+        calls["n"] += 1
+        return prepare(state)
+
+    problem.prepare = counted
+    return calls
+
+
 def random_spd(n, seed, low=1.0, high=8.0):
     """Random SPD matrix with eigenvalues spread in [low, high]."""
     rng = np.random.default_rng(seed)

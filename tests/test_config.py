@@ -55,6 +55,10 @@ CASES = [
     (("device",), "tpu", "device"),
     ((TS, "dataset", "k"), DELETE, "time_scale.dataset"),
     ((TS, "flow", "max_dgrad"), 0, "time_scale.flow.max_dgrad"),
+    ((TS, "flow", "method"), "rk4", "time_scale.flow.method"),
+    ((TS, "flow", "rtol"), 1.0, "time_scale.flow.rtol"),
+    ((TS, "flow", "checkpoints_per_decade"), 0, "time_scale.flow.checkpoints_per_decade"),
+    ((TS, "flow", "gradient_dtype"), "float16", "time_scale.flow.gradient_dtype"),
     ((TS, "figures"), {"h": 99}, "time_scale.figures.h"),
     (("families",), ["vision"], "families: unknown family 'vision'"),
     (("resources",), {"gpu": -1}, "resources.gpu"),
@@ -177,3 +181,28 @@ def test_cifar_enabled_true_needs_the_batches(tmp_path):
     assert KN.datasets(validate(copy.deepcopy(cfg))["kernels"]) == ["digits"]
     cfg["kernels"]["cifar"]["enabled"] = False
     assert KN.datasets(validate(cfg)["kernels"]) == ["digits"]
+
+
+def test_flow_params_hold_only_the_chosen_methods_keys():
+    """euler runs keep the params they had before flow.method existed (their outputs stay
+    valid); rkc runs carry method, rtol and checkpoints_per_decade instead of euler's keys,
+    and FlowConfig gets back what the params say."""
+    from memgen.families.time_scale import params as P
+    from memgen.families.time_scale.steps import _flow_config
+
+    wc = {"alpha": "1", "h": "16", "seed": "0"}
+    raw = _base()
+    raw[TS]["flow"].update(method="euler")
+    euler = P.train(validate(raw)[TS], wc)["flow"]
+    assert {"max_dgrad", "max_dout", "checkpoint_step"} <= euler.keys()
+    assert not {"method", "rtol", "checkpoints_per_decade", "gradient_dtype"} & euler.keys()
+    raw[TS]["flow"].update(method="rkc", rtol=3e-4, gradient_dtype="float32")
+    rkc = P.train(validate(raw)[TS], wc)["flow"]
+    assert rkc["method"] == "rkc" and rkc["rtol"] == 3e-4 and rkc["checkpoints_per_decade"] == 20
+    assert rkc["gradient_dtype"] == "float32"
+    assert not {"max_dgrad", "max_dout", "checkpoint_step"} & rkc.keys()
+    for flow in (euler, rkc):
+        fc = _flow_config({"alpha": 1.0, "loss": {"name": "soft_hinge", "beta": 20.0}, "flow": flow})
+        assert fc.method == flow.get("method", "euler") and fc.tau == flow["tau"]
+        assert (fc.max_dgrad, fc.rtol) == (flow.get("max_dgrad", 1e-4), flow.get("rtol", 1e-3))
+        assert fc.gradient_dtype == flow.get("gradient_dtype", "same")

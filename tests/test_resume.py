@@ -85,10 +85,11 @@ def _assert_same(a: Path, b: Path) -> None:
             assert fa.attrs[key] == fb.attrs[key], key
 
 
-def _kill_at_step(cmd: list[str], sig: int, resume: Path, pause: Path) -> subprocess.CompletedProcess:
-    """Start ``cmd`` with a pause at step PAUSE_STEP (memgen.faults: a resume point is
-    saved there first), send ``sig`` once it pauses, and return the result."""
-    env = {**os.environ, "MEMGEN_PAUSE_AT": f"ts_train:{PAUSE_STEP}", "MEMGEN_PAUSE_FILE": str(pause)}
+def _kill_at_step(cmd: list[str], sig: int, resume: Path, pause: Path, at: int = PAUSE_STEP
+                  ) -> subprocess.CompletedProcess:
+    """Start ``cmd`` with a pause at step ``at`` (memgen.faults: a resume point is saved
+    there first), send ``sig`` once it pauses, and return the result."""
+    env = {**os.environ, "MEMGEN_PAUSE_AT": f"ts_train:{at}", "MEMGEN_PAUSE_FILE": str(pause)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
     while not pause.exists():
@@ -141,6 +142,48 @@ def test_sigterm_saves_a_resume_point_and_restart_gives_identical_arrays(inputs,
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resuming from {resume} at step {m.group(1)}," in done.stdout + done.stderr
+    _assert_same(ref, out)
+
+
+def test_rkc_with_momentum_sigkilled_at_a_step_resumes_to_identical_arrays(tmp_path):
+    """flow.method rkc with momentum: SIGKILLed at its 40th step (memgen.faults; the
+    resume file holds the integrator's memory, the power iteration's vector and the step
+    controller's state), the same command resumes and ends with the uninterrupted run's
+    arrays."""
+    from memgen import config
+    from memgen.declare import job_params
+    from memgen.families.time_scale import DATASET, INIT, TRAIN
+
+    block = json.loads(json.dumps(BLOCK))
+    block["flow"] = {"method": "rkc", "tau_over_h": 1.0e-3, "max_steps": 20000}
+    block = config.validate({"families": ["time_scale"], "time_scale": block})["time_scale"]
+    wc = {"alpha": f"{ALPHA:g}", "h": str(H), "seed": str(SEED)}
+    ds, init = tmp_path / "dataset.h5", tmp_path / "init.h5"
+    subprocess.run(_memgen("ts_dataset", "--output", str(ds), "--params", json.dumps(job_params(DATASET, block, wc))),
+                   check=True, timeout=120)
+    subprocess.run(_memgen("ts_init", "--input", "dataset", str(ds), "--output", str(init),
+                           "--params", json.dumps(job_params(INIT, block, wc))), check=True, timeout=120)
+    params = job_params(TRAIN, block, wc)
+    assert params["flow"]["method"] == "rkc" and params["flow"]["tau"] > 0
+
+    def train(output: Path) -> list[str]:
+        return _memgen("ts_train", "--input", "dataset", str(ds), "--input", "init", str(init), "--output",
+                       str(output), "--params", json.dumps(params), "--resume-every-s", "1e9")
+
+    ref, out = tmp_path / "reference.h5", tmp_path / "run.h5"
+    subprocess.run(train(ref), check=True, timeout=600, capture_output=True)
+    with h5py.File(ref) as f:
+        assert f.attrs["converged"] and int(f["trajectory/step"][-1]) > 80  # (the pause lies mid-run)
+    resume = Path(str(out) + ".resume")
+    killed = _kill_at_step(train(out), signal.SIGKILL, resume, tmp_path / "paused", at=40)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout
+    assert not out.exists()
+    with h5py.File(resume) as f:
+        assert int(f.attrs["flow_step"]) == 40 and "method/vector" in f
+    done = subprocess.run(train(out), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resuming from {resume} at step 40" in done.stdout + done.stderr
+    assert out.exists() and not resume.exists()
     _assert_same(ref, out)
 
 

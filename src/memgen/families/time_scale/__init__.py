@@ -18,10 +18,10 @@ POINT = "alpha~{alpha}_h~{h}_seed~{seed}"
 
 
 def _run_writes(final: dict):
-    """What a run file holds: memgen.training.RunResult's records at log-linear
+    """What a run file holds: memgen.runstate.RunResult's records at log-linear
     checkpoints c, the outputs there, and the final state ``final``."""
     def writes():
-        from memgen.training import RECORD_KEYS
+        from memgen.runstate import RECORD_KEYS
 
         return {**{f"trajectory/{k}": ("c",) for k in RECORD_KEYS},
                 "trajectory/F_train": ("c", "n_train"), "trajectory/F_test": ("c", "n_test"), **final}

@@ -58,9 +58,20 @@ def init(ts: dict, wc: Wildcards) -> dict:
             "dtype": ts["dtype"]}
 
 
+# flow keys only one integrator reads: left out of the other's params (euler runs keep
+# exactly the params they had before flow.method existed)
+METHOD_KEYS = {"euler": ("max_dgrad", "max_dout", "checkpoint_step"),
+               "rkc": ("method", "rtol", "checkpoints_per_decade")}
+
+
 def _flow(ts: dict, alpha: float, h: int) -> dict:
     f = dict(ts["flow"])
     tau = f.pop("tau_over_h") * h * min(1.0, f.pop("tau_alpha_crit") / alpha)
+    if f.get("gradient_dtype", "same") == "same":
+        f.pop("gradient_dtype", None)
+    method = f.get("method", "euler")
+    for key in {k for m, keys in METHOD_KEYS.items() if m != method for k in keys} - set(METHOD_KEYS[method]):
+        f.pop(key, None)
     return {**f, "tau": tau}
 
 

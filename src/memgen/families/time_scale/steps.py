@@ -6,6 +6,8 @@ Initialisation of the FC (memgen.models), gradient flow to the margin
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from memgen import h5io, kernels
@@ -39,11 +41,11 @@ def _network(job, device, dtype) -> tuple[FlatFC, torch.Tensor]:
 
 
 def _flow_config(params: dict) -> FlowConfig:
+    """FlowConfig of a step's params (a method's keys are absent for the other method:
+    FlowConfig's defaults, unused by it, fill them)."""
     f = params["flow"]
-    return FlowConfig(alpha=params["alpha"], loss=Loss(**params["loss"]), normalization=f["normalization"],
-                      max_dgrad=f["max_dgrad"], max_dout=f["max_dout"], tau=f["tau"],
-                      max_time=f["max_time"], max_steps=f["max_steps"], max_wall=f["max_wall"],
-                      checkpoint_step=f["checkpoint_step"])
+    keys = {x.name for x in dataclasses.fields(FlowConfig)} - {"alpha", "loss"}
+    return FlowConfig(alpha=params["alpha"], loss=Loss(**params["loss"]), **{k: f[k] for k in keys if k in f})
 
 
 def _write_run(job, result, seed: int) -> None:

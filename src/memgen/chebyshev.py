@@ -1,0 +1,302 @@
+"""Second-order Runge-Kutta-Chebyshev (RKC2) integration of a gradient flow, with or
+without continuous momentum (``flow.method: rkc``).
+
+The ODE is dw/dt = -G(w) (tau = 0), or the momentum of feature_lazy
+dw/dt = v, dv/dt = -(v + G(w)) / tau (tau > 0), where G is the gradient a user's
+``prepare(w) -> data`` computes (``gradient(data)`` returns it, ``valid(data)`` says
+whether it is finite). Like :func:`memgen.dynamics.flow`, the integrator knows nothing
+about networks or kernels.
+
+Why Chebyshev: the Jacobian of -G is minus a symmetric Hessian, a real spectrum that
+turns stiff near the soft-hinge margin (its radius rho jumps by orders of magnitude).
+An explicit s-stage RKC2 step is stable for h rho <= 0.65 s^2 (Sommeijer, Shampine and
+Verwer 1997; damping eps = 2/13), so the gradient evaluations per unit time grow as
+sqrt(rho / h) instead of rho; the step size follows the accuracy of the smooth part.
+rho comes from a nonlinear power iteration on finite differences of G (warm-started,
+every ``RHO_EVERY`` accepted steps and after a rejection), times a safety of 1.2.
+
+Momentum: the w-recursion of RKC2 uses the stage velocities v_j in place of -G, and
+each v_j is the exact solution of dv/dt = -(v + G)/tau from the previous stage over
+the stage-time increment, with G linear in time between the two stages ("exponential
+velocity"). For tau -> 0 (v_j = -G(w_j)) this is exactly RKC2 on dw/dt = -G; it is
+second order for any tau and keeps RKC2's stability while tau rho < 1/4 (the linear
+test problem's spectrum is real). Beyond that the modes oscillate (frequency
+sqrt(rho / tau)) and the error control keeps the step small enough.
+
+Error control: est = 0.8 (w_n - w_{n+1}) + 0.4 h (v_n + v_{n+1}) (the RKC estimate),
+accepted when ||est|| <= rtol ||w_{n+1} - w_n|| (error per unit step: the global error
+stays a fraction of the distance travelled, which keeps the time of reaching the
+margin accurate); predictive step factor 0.8 (h/h_old) err_old^(1/3) / err^(2/3) (after
+the first step; 0.8 err^(-1/3) then and on rejection), clipped to [0.1, 10]. A step
+whose stages are not finite is retried with h / 10; below ``min_dt``,
+:class:`memgen.dynamics.FlowDiverged`.
+
+Dense output (:func:`interpolate`): the cubic Hermite polynomial through (w, dw/dt) at
+both ends of a step (dw/dt = v); :func:`crossing` locates where a scalar function of
+the interpolated state crosses a level (Illinois regula falsi).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Generator
+
+import torch
+
+from memgen import MemgenError
+from memgen.dynamics import FlowDiverged
+
+EPS = 2.0 / 13.0  # damping of the Chebyshev polynomial
+MAX_STAGES = 250
+SAFETY = 1.2  # margin on the spectral radius estimate
+RHO_EVERY = 25  # accepted steps between spectral radius estimates
+RHO_TOL = 0.05  # relative change that stops the power iteration
+RHO_ITERS = (20, 10)  # at most this many power iterations: cold start, warm start
+FAC = 0.8  # safety factor of the step size controller
+
+
+@lru_cache(maxsize=None)
+def coefficients(s: int) -> tuple:
+    """RKC2 with s >= 2 stages: ((mu~_1, c_1), then (mu, nu, mu~, gamma~, c) of stages 2..s).
+
+    Stage j: Y_j = (1 - mu - nu) Y_0 + mu Y_{j-1} + nu Y_{j-2} + mu~ h F(Y_{j-1}) + gamma~ h F(Y_0),
+    Y_1 = Y_0 + mu~_1 h F(Y_0); c_j is the stage's time (c_s = 1).
+    """
+    if s < 2:
+        raise MemgenError(f"rkc stages: need s >= 2, got {s}")
+    w0 = 1 + EPS / s**2
+    t1 = w0 * w0 - 1
+    t2 = math.sqrt(t1)
+    arg = s * math.log(w0 + t2)
+    w1 = math.sinh(arg) * t1 / (math.cosh(arg) * s * t2 - w0 * math.sinh(arg))
+    z, dz, d2z = [1.0, w0], [0.0, 1.0], [0.0, 0.0]  # T_j(w0) and its first two derivatives
+    b = [1 / (2 * w0) ** 2] * 2
+    for j in range(2, s + 1):
+        z.append(2 * w0 * z[j - 1] - z[j - 2])
+        dz.append(2 * w0 * dz[j - 1] - dz[j - 2] + 2 * z[j - 1])
+        d2z.append(2 * w0 * d2z[j - 1] - d2z[j - 2] + 4 * dz[j - 1])
+        b.append(d2z[j] / dz[j] ** 2)
+    c = [0.0, w1 * b[1]]
+    stages = [(w1 * b[1], c[1])]
+    for j in range(2, s + 1):
+        mu, nu = 2 * w0 * b[j] / b[j - 1], -b[j] / b[j - 2]
+        mus = mu * w1 / w0
+        a = 1 - z[j - 1] * b[j - 1]
+        c.append(mu * c[j - 1] + nu * c[j - 2] + mus * (1 - a))
+        stages.append((mu, nu, mus, -a * mus, c[j]))
+    return tuple(stages)
+
+
+def stages_for(h: float, rho: float) -> int:
+    """Fewest stages whose stability interval 0.65 s^2 covers h rho (at least 2)."""
+    return max(2, 1 + int(math.sqrt(1 + 1.54 * h * rho)))
+
+
+def max_step(rho: float) -> float:
+    """Largest h that ``MAX_STAGES`` stages keep stable at spectral radius rho."""
+    return (MAX_STAGES**2 - 1) / (1.54 * rho) if rho > 0 else math.inf
+
+
+def relax(v: torch.Tensor, g_a: torch.Tensor, g_b: torch.Tensor, d: float, tau: float) -> torch.Tensor:
+    """v after time d of dv/dt = -(v + G)/tau with G linear from g_a to g_b (tau = 0: -g_b)."""
+    if tau == 0:
+        return torch.neg(g_b)
+    r = d / tau
+    decay = math.exp(-r)
+    phi = 1 + math.expm1(-r) / r if r > 1e-8 else r / 2  # 1 - (1 - e^-r) / r
+    return torch.mul(v, decay).sub_(g_a, alpha=1 - decay).sub_(g_b - g_a, alpha=phi)
+
+
+@dataclass
+class Memory:
+    """What the integrator carries between steps (saved in resume files)."""
+
+    rho: float  # spectral radius estimate (with SAFETY)
+    vector: torch.Tensor  # power-iteration direction
+    since_rho: int  # accepted steps since rho was estimated
+    err_old: float  # error of the previous accepted step (nan: none yet)
+    h_old: float  # its size
+
+
+@dataclass
+class Step:
+    """One accepted step: counters after it, both ends (for dense output) and the memory."""
+
+    step: int
+    t: float
+    dt: float  # size of the step just taken
+    next_dt: float
+    rejected: int
+    stages: int
+    t0: float
+    w0: torch.Tensor
+    v0: torch.Tensor
+    data0: Any
+    w: torch.Tensor
+    v: torch.Tensor
+    data: Any
+    memory: Memory
+
+
+def spectral_radius(w: torch.Tensor, g: torch.Tensor, gradient_at: Callable, vector: torch.Tensor,
+                    iters: int, eps: float) -> tuple[float, torch.Tensor]:
+    """Largest |eigenvalue| of dG/dw at w (G(w) = g) by nonlinear power iteration on
+    differences over sqrt(eps) max(||w||, 1), eps the precision of the evaluations."""
+    dw = math.sqrt(eps) * max(float(w.norm()), 1.0)
+    u, est, prev = vector, 0.0, None
+    for _ in range(iters):
+        n = float(u.norm())
+        if not n > 0 or not math.isfinite(n):
+            u, n = torch.ones_like(w), math.sqrt(w.numel())
+        g2 = gradient_at(w + u * (dw / n))
+        if g2 is None:  # not finite there: keep what we have
+            break
+        u = g2 - g
+        est = float(u.norm()) / dw
+        if prev is not None and abs(est - prev) <= RHO_TOL * est:
+            break
+        prev = est
+    return est, u
+
+
+def rkc_flow(w: torch.Tensor, v: torch.Tensor | None, prepare: Callable[[torch.Tensor], Any],
+             gradient: Callable[[Any], torch.Tensor], valid: Callable[[Any], bool], *, tau: float, rtol: float,
+             t: float = 0.0, dt: float | None = None, step: int = 0, data: Any = None,
+             memory: Memory | None = None, min_dt: float = 1e-20,
+             eps: float | None = None) -> Generator[Step, None, None]:
+    """Integrate forever (module doc), yielding after every accepted step.
+
+    ``v`` is ignored for tau = 0 (the velocity is -G). ``t``, ``dt``, ``step``, ``data`` (=
+    ``prepare(w)``, recomputed when None) and ``memory`` resume a saved run exactly; dt None
+    starts with 1 / rho. ``eps``: the precision of ``prepare``'s arithmetic (default: that
+    of w's dtype).
+    """
+    eps = torch.finfo(w.dtype).eps if eps is None else eps
+    if not rtol > 0 or not rtol < 1:
+        raise MemgenError(f"flow.rtol: must be in (0, 1), got {rtol!r}")
+    if not tau >= 0:
+        raise MemgenError(f"flow.tau: must be >= 0, got {tau!r}")
+    if data is None:
+        data = prepare(w)
+    g = gradient(data)
+    if v is None or tau == 0:
+        v = torch.neg(g) if tau == 0 else torch.zeros_like(w)
+
+    def gradient_at(x):
+        d = prepare(x)
+        return gradient(d) if valid(d) else None
+
+    if memory is None:
+        vec = torch.randn(w.shape, generator=torch.Generator().manual_seed(0), dtype=w.dtype).to(w.device)
+        rho, vec = spectral_radius(w, g, gradient_at, vec, RHO_ITERS[0], eps)
+        memory = Memory(SAFETY * rho, vec, 0, math.nan, math.nan)
+    if dt is None:
+        dt = 1 / memory.rho if memory.rho > 0 else 1.0
+    h, fresh = dt, memory.since_rho == 0
+    while True:
+        rejected = 0
+        while True:
+            h = min(h, max_step(memory.rho))
+            s = stages_for(h, memory.rho)
+            w_new, v_new, data_new = step_once(w, v, g, data, h, s, tau, prepare, gradient, valid)
+            if data_new is None:  # a stage was not finite
+                err = math.inf
+            else:
+                inc = float(torch.dist(w_new, w))
+                est = float(torch.mul(w - w_new, 0.8).add_(v + v_new, alpha=0.4 * h).norm())
+                err = est / (rtol * inc) if inc > 0 else (0.0 if est == 0 else math.inf)
+            if err <= 1:
+                break
+            rejected += 1
+            h *= max(0.1, FAC * err ** (-1 / 3)) if math.isfinite(err) else 0.1
+            if h < min_dt:
+                raise FlowDiverged(f"time step fell below {min_dt:g} at t={t:g}, step {step}: non-finite dynamics")
+            if not fresh:  # re-estimate rho once per rejected step (an unstable trial is one cause)
+                rho, memory.vector = spectral_radius(w, g, gradient_at, memory.vector, RHO_ITERS[1], eps)
+                memory.rho, memory.since_rho, fresh = SAFETY * rho, 0, True
+        if err == 0:
+            fac = 10.0
+        elif math.isnan(memory.err_old):
+            fac = FAC * err ** (-1 / 3)
+        else:
+            fac = FAC * (h / memory.h_old) * memory.err_old ** (1 / 3) / err ** (2 / 3)
+        memory.err_old, memory.h_old = err, h
+        t0, w0, v0, data0 = t, w, v, data
+        w, v, data, g = w_new, v_new, data_new, gradient(data_new)
+        t += h
+        step += 1
+        taken, h = h, h * min(10.0, max(0.1, fac))
+        memory.since_rho += 1
+        fresh = False
+        if memory.since_rho >= RHO_EVERY:
+            rho, memory.vector = spectral_radius(w, g, gradient_at, memory.vector, RHO_ITERS[1], eps)
+            memory.rho, memory.since_rho, fresh = SAFETY * rho, 0, True
+        yield Step(step, t, taken, h, rejected, s, t0, w0, v0, data0, w, v, data, memory)
+
+
+def step_once(w, v, g, data, h, s, tau, prepare, gradient, valid):
+    """One RKC2 step of size h with s stages: (w, v, data) at its end, data None if not finite."""
+    coef = coefficients(s)
+    mus1, c_prev = coef[0]
+    w_prev2, w_prev = w, torch.add(w, v, alpha=mus1 * h)
+    d = prepare(w_prev)
+    if not valid(d):
+        return None, None, None
+    g_prev = gradient(d)
+    v_prev = relax(v, g, g_prev, c_prev * h, tau)
+    for mu, nu, mus, gam, c in coef[1:]:
+        w_j = torch.mul(w_prev, mu).add_(w_prev2, alpha=nu).add_(w, alpha=1 - mu - nu)
+        w_j.add_(v_prev, alpha=mus * h).add_(v, alpha=gam * h)
+        d = prepare(w_j)
+        if not valid(d):
+            return None, None, None
+        g_j = gradient(d)
+        v_prev = relax(v_prev, g_prev, g_j, (c - c_prev) * h, tau)
+        w_prev2, w_prev, g_prev, c_prev = w_prev, w_j, g_j, c
+    return w_prev, v_prev, d
+
+
+def interpolate(st: Step, t: float) -> torch.Tensor:
+    """w at time t in [st.t0, st.t] (cubic Hermite through both ends; exact at the ends)."""
+    if t == st.t:
+        return st.w
+    if t == st.t0:
+        return st.w0
+    h = st.t - st.t0
+    x = (t - st.t0) / h
+    h00, h10 = (1 + 2 * x) * (1 - x) ** 2, x * (1 - x) ** 2
+    h01, h11 = x * x * (3 - 2 * x), x * x * (x - 1)
+    return torch.mul(st.w0, h00).add_(st.v0, alpha=h10 * h).add_(st.w, alpha=h01).add_(st.v, alpha=h11 * h)
+
+
+def crossing(fn: Callable[[float], tuple[float, Any]], a: float, fa: float, b: float, fb: float,
+             reached: Callable[[float], bool], *, rtol: float = 1e-10, max_iter: int = 60) -> tuple[float, Any]:
+    """First time in [a, b] where ``reached(value)`` turns true (false at a, true at b):
+    Illinois regula falsi on ``fn(t) -> (value, payload)``.
+
+    Returns (t, payload) of the right end of the final bracket (``reached`` holds there;
+    payload None when that is b itself), the bracket narrowed to rtol * |b|.
+    """
+    if reached(fa) or not reached(fb):
+        raise MemgenError(f"crossing: need the event false at a and true at b, got values {fa!r}, {fb!r}")
+    payload, side = None, 0
+    for _ in range(max_iter):
+        if b - a <= rtol * abs(b):
+            break
+        c = (a * fb - b * fa) / (fb - fa) if fb != fa else 0.5 * (a + b)
+        if not a < c < b:
+            c = 0.5 * (a + b)
+        fc, pc = fn(c)
+        if reached(fc):
+            b, fb, payload = c, fc, pc
+            if side == -1:
+                fa /= 2
+            side = -1
+        else:
+            a, fa = c, fc
+            if side == 1:
+                fb /= 2
+            side = 1
+    return b, payload
