@@ -46,7 +46,7 @@ def _kernel_exact(problem, t, tau):
 
 @pytest.mark.parametrize("tau", [0.0, 0.05])
 def test_frozen_kernel_mse_matches_closed_form_at_second_order(tau):
-    errs, calls = [], []
+    errs = []
     for rtol in (1e-3, 1e-4):
         problem, cfg = _kernel(tau=tau, rtol=rtol, max_time=4.0)
         res = training.run(problem, cfg, torch.ones(5, dtype=torch.float64))

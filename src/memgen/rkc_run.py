@@ -28,8 +28,7 @@ import torch
 
 from memgen.chebyshev import Memory, crossing, interpolate, rkc_flow
 from memgen.dynamics import FlowDiverged
-from memgen.faults import pause_point
-from memgen.runstate import (Recorder, RunResult, deferred_sigterm, load_resume, progress_line, save_point,
+from memgen.runstate import (Recorder, RunResult, deferred_sigterm, load_resume, progress_line, resume_or_pause,
                              save_resume, start_progress)
 
 
@@ -130,12 +129,8 @@ def run_rkc(problem, cfg, y_test: torch.Tensor, *, resume_path: Path | None = No
                         break
                     now = time.perf_counter()
                     mark = progress_line(bar, mark, cfg, step, t, st.dt, prep, wall0, now, f" stages={st.stages}")
-                    def save_now(st=st, k=k, t_first=t_first):
-                        return save(state, t, st, step, k, t_first)
-
-                    last_save = save_point(resume_path, resume_every_s, now, last_save, save_now)
-                    # tests: pause at a step count (memgen.faults), with a resume point saved there
-                    pause_point(progress, step, save_now if resume_path is not None else None)
+                    last_save = resume_or_pause(resume_path, resume_every_s, now, last_save, progress, step,
+                                                lambda: save(state, t, st, step, k, t_first))
             except FlowDiverged:
                 rec.diverged(step, t, state, prep)
     else:

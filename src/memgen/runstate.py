@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from memgen import h5io
+from memgen.faults import pause_point
 from memgen.progress import Progress, format_duration
 from memgen.resume import _TERM, Terminated, install_sigterm_handler  # noqa: F401 (re-exported)
 
@@ -43,6 +44,15 @@ def save_point(resume_path, every_s: float, now: float, last_save: float, save) 
     if TERM["requested"]:
         raise Terminated(f"terminated by SIGTERM; saved {resume_path} at step {step}")
     return now
+
+
+def resume_or_pause(resume_path, every_s: float, now: float, last_save: float, label: str | None, step: int,
+                    save) -> float:
+    """After each accepted step: :func:`save_point`, then the tests' pause at a step count
+    (memgen.faults: a resume point is saved there first); returns the last save time."""
+    last_save = save_point(resume_path, every_s, now, last_save, save)
+    pause_point(label, step, save if resume_path is not None else None)
+    return last_save
 
 
 RECORD_KEYS = ("step", "t", "dt", "loss", "train_err", "test_err", "test_loss", "margin_min",

@@ -53,10 +53,9 @@ import torch
 
 from memgen import MemgenError
 from memgen.dynamics import FlowDiverged, flow, loglinspace, momentum_step, relative_change
-from memgen.faults import pause_point
 from memgen.losses import Loss
 from memgen.runstate import (Recorder, RunResult, Terminated, deferred_sigterm, install_sigterm_handler,
-                             load_resume, progress_line, save_point, save_resume, start_progress)
+                             load_resume, progress_line, resume_or_pause, save_resume, start_progress)
 from memgen.runstate import eta_to_limit as _eta_to_limit  # noqa: F401 (tests)
 
 __all__ = ["FlowConfig", "KernelProblem", "NetworkProblem", "Prep", "RunResult", "Terminated",
@@ -291,13 +290,9 @@ def run(problem, cfg: FlowConfig, y_test: torch.Tensor, *, resume_path: Path | N
                         break
                     now = time.perf_counter()
                     mark = progress_line(bar, mark, cfg, step, t, fs.dt, prep, wall0, now)
-                    def save(fs=fs):
-                        save_resume(resume_path, resume_params, state, t, fs.next_dt, step, rec, next_ckpt)
-                        return step
-
-                    last_save = save_point(resume_path, resume_every_s, now, last_save, save)
-                    # tests: pause at a step count (memgen.faults), with a resume point saved there
-                    pause_point(progress, step, save if resume_path is not None else None)
+                    last_save = resume_or_pause(resume_path, resume_every_s, now, last_save, progress, step,
+                                                lambda: save_resume(resume_path, resume_params, state, t,
+                                                                    fs.next_dt, step, rec, next_ckpt) or step)
             except FlowDiverged:
                 rec.diverged(step, t, state, prep)
     else:
