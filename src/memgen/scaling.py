@@ -15,14 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from memgen import MemgenError
+from memgen import contracts as c
 
 
-def _positive_1d(name: str, v) -> np.ndarray:
-    a = np.asarray(v, dtype=float)
-    if a.ndim != 1:
-        raise MemgenError(f"{name}: expected a 1-d array, got shape {a.shape}")
-    return a
+def _samples(fn: str, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """x, y as float64 1-D arrays of one length (non-finite entries allowed: data)."""
+    x = c.array(fn, "x", x, ndim=1, finite=False, nonempty=False)
+    y = c.array(fn, "y", y, ndim=1, finite=False, nonempty=False)
+    if x.shape != y.shape:
+        raise c.fail(fn, "y", c.describe(y), f"the shape of x, {x.shape}")
+    return x, y
 
 
 def crossing(x, y, level: float = 1.0, decreasing: bool = True) -> float:
@@ -30,12 +32,16 @@ def crossing(x, y, level: float = 1.0, decreasing: bool = True) -> float:
     ``decreasing`` (y >= level, then y < level), from below otherwise; log-log linear
     interpolation between the two samples around the crossing. NaN when y never
     crosses inside the samples. Samples with non-finite or non-positive x or y are
-    dropped. x, y: 1-d of equal length; level > 0."""
-    x, y = _positive_1d("x", x), _positive_1d("y", y)
-    if x.shape != y.shape:
-        raise MemgenError(f"crossing: x has shape {x.shape}, y {y.shape}; expected equal")
-    if not (level > 0 and math.isfinite(level)):
-        raise MemgenError(f"crossing: level must be a positive finite number, got {level!r}")
+    dropped.
+
+    Contract: x, y real 1-D of one length (possibly empty; NaN, inf and entries <= 0 are
+    dropped samples, not errors); level a finite number > 0; decreasing a bool.
+    """
+    fn = "crossing"
+    x, y = _samples(fn, x, y)
+    level = c.number(fn, "level", level, lo=0, lo_open=True)
+    if not isinstance(decreasing, (bool, np.bool_)):
+        raise c.fail(fn, "decreasing", c.describe(decreasing), "a bool")
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     order = np.argsort(x[ok], kind="stable")
     lx, ly = np.log(x[ok][order]), np.log(y[ok][order]) - math.log(level)
@@ -68,12 +74,15 @@ class PowerLaw:
 def power_law(x, y, confidence: float = 0.95) -> PowerLaw:
     """Ordinary least squares of log y on log x over the finite positive points: slope
     -exponent, intercept log prefactor, the exponent's interval from the slope's standard
-    error and Student's t with N - 2 degrees of freedom."""
-    x, y = _positive_1d("x", x), _positive_1d("y", y)
-    if x.shape != y.shape:
-        raise MemgenError(f"power_law: x has shape {x.shape}, y {y.shape}; expected equal")
-    if not 0 < confidence < 1:
-        raise MemgenError(f"power_law: confidence must lie in (0, 1), got {confidence!r}")
+    error and Student's t with N - 2 degrees of freedom.
+
+    Contract: x, y real 1-D of one length (possibly empty; NaN, inf and entries <= 0 are
+    dropped points, not errors); confidence a number in (0, 1). Fewer than two points
+    left (or all at one x): every field but ``points`` NaN; two: the interval NaN.
+    """
+    fn = "power_law"
+    x, y = _samples(fn, x, y)
+    confidence = c.number(fn, "confidence", confidence, lo=0, hi=1, lo_open=True, hi_open=True)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     lx, ly = np.log(x[ok]), np.log(y[ok])
     n = len(lx)

@@ -164,7 +164,25 @@ def growing_mode_state(W, v, b) -> tuple[float, np.ndarray]:
 
 def two_layer_flow(u, z, A, b, lr=1.0):
     """The vector field of :func:`two_layer_ode` at states (u (...), z (..., d)):
-    ``(lr_v z.g, lr_W u g)`` with ``g = b - A (u z)``; ``lr`` one step size or (lr_W, lr_v)."""
+    ``(lr_v z.g, lr_W u g)`` with ``g = b - A (u z)``; ``lr`` one step size or (lr_W, lr_v).
+
+    Contract: z finite with at least one axis, its last of d entries; u finite of shape
+    z.shape[:-1]; A finite (d, d), b finite (d,); lr one number > 0 or a pair.
+    """
+    fn = "two_layer_flow"
+    A = c.array(fn, "A", A, shape=("d", "d"))
+    d = A.shape[0]
+    b = c.array(fn, "b", b, shape=(d,))
+    z = c.array(fn, "z", z)
+    if z.ndim == 0 or z.shape[-1] != d:
+        raise c.fail(fn, "z", c.describe(z), f"shape (..., {d}) (d = {d}, the size of A)")
+    u = c.array(fn, "u", u, shape=z.shape[:-1])
+    return _flow(u, z, A, b, c.pair(fn, "lr", lr, lo=0, lo_open=True))
+
+
+def _flow(u, z, A, b, lr):
+    """:func:`two_layer_flow` without the checks (the ODE's right-hand side; the plane
+    fields, whose states are NaN where the invariant surface does not reach)."""
     lr_W, lr_v = (float(lr), float(lr)) if np.ndim(lr) == 0 else (float(lr[0]), float(lr[1]))
     u, z = _np(u), _np(z)
     g = _np(b) - (u[..., None] * z) @ _np(A).T
@@ -174,7 +192,19 @@ def two_layer_flow(u, z, A, b, lr=1.0):
 def ode_start(W0, v0, b, init: str = "gaussian") -> tuple[float, np.ndarray]:
     """The (u, z) the reduced ODE starts from for layers (W0, v0): the growing mode of a
     ``"gaussian"`` init (:func:`growing_mode_state`), the exact rank-one state otherwise
-    (:func:`rank_one_state`)."""
+    (:func:`rank_one_state`).
+
+    Contract: W0 finite (p, d), v0 finite (p,), b finite (d,); ``init`` one of gaussian,
+    fixed, rank_one; b != 0 for gaussian (its growing mode), v0 != 0 otherwise.
+    """
+    fn = "ode_start"
+    init = c.choice(fn, "init", init, ("gaussian", "fixed", "rank_one"))
+    W0, v0 = c.layers(fn, W0, v0, names=("W0", "v0"))
+    b = c.array(fn, "b", b, shape=(W0.shape[1],))
+    if init == "gaussian" and not b.any():
+        raise c.fail(fn, "b", "zero", "b = X^T y / n != 0 (a gaussian init starts on its growing mode)")
+    if init != "gaussian" and not v0.any():
+        raise c.fail(fn, "v0", "zero", "v0 != 0 (v = 0 is a fixed point of the dynamics)")
     return growing_mode_state(W0, v0, b) if init == "gaussian" else rank_one_state(W0, v0)
 
 
@@ -203,7 +233,7 @@ def two_layer_ode(times, A, b, u0: float, z0, lr=1.0, rtol: float = 1e-9, atol: 
     rtol, atol = c.number(fn, "rtol", rtol, lo=0, lo_open=True), c.number(fn, "atol", atol, lo=0, lo_open=True)
 
     def rhs(_, y):
-        du, dz = two_layer_flow(y[0], y[1:], A, b, lr)
+        du, dz = _flow(y[0], y[1:], A, b, lr)
         return np.concatenate(([du], dz))
 
     sol = solve_ivp(rhs, (0.0, float(t.max())), np.concatenate(([float(u0)], z0)), t_eval=t,
