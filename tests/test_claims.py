@@ -107,11 +107,13 @@ def test_time_scale_claims_on_synthetic_tables():
     assert "fewer than two widths" in _call("time_scale", "widths_collapse", table=one)
 
 
-def test_crossover_exponent_needs_the_phase_diagram(tmp_path, monkeypatch):
+def test_crossover_exponent_needs_the_phase_diagram(tmp_path):
     phase = lambda a, lo, hi: pd.DataFrame({"h": [64, 128, 256], "alpha_star": [0.1, 0.07, 0.05],  # noqa: E731
                                             "exponent": a, "exponent_lo": lo, "exponent_hi": hi})
     assert _call("time_scale", "crossover_exponent", phase=phase(0.48, 0.41, 0.55)).reproduced
     assert not _call("time_scale", "crossover_exponent", phase=phase(0.9, 0.8, 1.0)).reproduced
+    wide = _call("time_scale", "crossover_exponent", phase=phase(0.28, -0.95, 1.5))  # (two widths)
+    assert "the interval holds 0" in wide and "3 widths" in wide
     # this run has no phase-diagram table: not applicable, with the reason the claim gives
     summary = tmp_path / "data" / "summary"
     summary.mkdir(parents=True)
@@ -120,9 +122,8 @@ def test_crossover_exponent_needs_the_phase_diagram(tmp_path, monkeypatch):
     assert rows["crossover_exponent"]["verdict"] == C.NOT_APPLICABLE
     assert rows["crossover_exponent"]["reason"] == "no phase-diagram table in this run"
     assert rows["feature_kernel_change"]["verdict"] == C.REPRODUCED
-    # once the summary declares the table (issue 16), the same claim is checked from it
-    paths = C.table_paths("time_scale")
-    monkeypatch.setattr(C, "table_paths", lambda fam: {**paths, "phase": "data/summary/time_scale_phase.csv"})
+    # with the phase table (time_scale_phase.csv), the same claim is checked from it
+    assert C.table_paths("time_scale")["phase"] == "data/summary/time_scale_phase.csv"
     phase(0.52, 0.45, 0.6).to_csv(summary / "time_scale_phase.csv", index=False)
     row = {r["id"]: r for r in C.evaluate("time_scale", tmp_path)}["crossover_exponent"]
     assert (row["verdict"], row["measured"], row["interval"]) == (C.REPRODUCED, "0.52", "[0.45, 0.6]")
