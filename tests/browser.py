@@ -125,7 +125,7 @@ class Browser:
                 return value
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {expression}")
-            time.sleep(0.1)
+            time.sleep(0.1)  # ok-clock: polls for a condition on the page, the deadline only guards a hang
 
     def screenshot(self, path: Path) -> None:
         import base64

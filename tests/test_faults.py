@@ -46,7 +46,7 @@ WRITER = textwrap.dedent("""
         if name == "a":
             self.file.flush()
             print("writing", flush=True)
-            time.sleep(300)
+            time.sleep(300)  # ok-clock: a stall; the test kills it once "writing" is printed
         return out
 
     h5py.Group.create_dataset = stalling
