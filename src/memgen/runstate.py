@@ -20,28 +20,24 @@ from memgen.progress import Progress, format_duration
 from memgen.resume import _TERM, Terminated, install_sigterm_handler  # noqa: F401 (re-exported)
 
 
-# SIGTERM while a run integrates with a resume file: finish the step, save the resume
-# state, then raise Terminated; at any other time: raise Terminated at once (memgen.resume).
-TERM = _TERM
-
-
 @contextmanager
 def deferred_sigterm(active: bool):
-    """While integrating with a resume file (``active``), SIGTERM only sets a flag."""
-    TERM["deferred"] = active
+    """While integrating with a resume file (``active``), SIGTERM only sets a flag
+    (memgen.resume's handler): the run saves after its step, then raises Terminated."""
+    _TERM["deferred"] = active
     try:
         yield
     finally:
-        TERM["deferred"] = TERM["requested"] = False
+        _TERM["deferred"] = _TERM["requested"] = False
 
 
 def save_point(resume_path, every_s: float, now: float, last_save: float, save) -> float:
     """Call ``save()`` when a resume save is due (``every_s`` since ``last_save``, or a
     SIGTERM arrived), then raise Terminated after a SIGTERM; returns the last save time."""
-    if resume_path is None or (now - last_save < every_s and not TERM["requested"]):
+    if resume_path is None or (now - last_save < every_s and not _TERM["requested"]):
         return last_save
     step = save()
-    if TERM["requested"]:
+    if _TERM["requested"]:
         raise Terminated(f"terminated by SIGTERM; saved {resume_path} at step {step}")
     return now
 
