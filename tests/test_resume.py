@@ -42,26 +42,36 @@ def _memgen(*args: str) -> list[str]:
 PAUSE_STEP = 300  # of the ~1500 steps of the reference run
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def _train_command(raw_block: dict, work: Path):
+    """Make the data set and the init of the time-scale block ``raw_block`` at (ALPHA,
+    H, SEED) in ``work``; returns train(output, resume_every_s) -> the ts_train command,
+    with its params as ``train.params``."""
     from memgen import config
     from memgen.declare import job_params
     from memgen.families.time_scale import DATASET, INIT, TRAIN
 
-    block = config.validate({"families": ["time_scale"], "time_scale": json.loads(json.dumps(BLOCK))})["time_scale"]
+    block = config.validate({"families": ["time_scale"], "time_scale": json.loads(json.dumps(raw_block))})
+    block = block["time_scale"]
     wc = {"alpha": f"{ALPHA:g}", "h": str(H), "seed": str(SEED)}
-    work = tmp_path_factory.mktemp("resume")
     ds, init = work / "dataset.h5", work / "init.h5"
     subprocess.run(_memgen("ts_dataset", "--output", str(ds), "--params", json.dumps(job_params(DATASET, block, wc))),
                    check=True, timeout=120)
     subprocess.run(_memgen("ts_init", "--input", "dataset", str(ds), "--output", str(init),
                            "--params", json.dumps(job_params(INIT, block, wc))), check=True, timeout=120)
-    params = json.dumps(job_params(TRAIN, block, wc))
+    params = job_params(TRAIN, block, wc)
 
     def train(output: Path, resume_every_s: float) -> list[str]:
         return _memgen("ts_train", "--input", "dataset", str(ds), "--input", "init", str(init), "--output",
-                       str(output), "--params", params, "--resume-every-s", str(resume_every_s))
+                       str(output), "--params", json.dumps(params), "--resume-every-s", str(resume_every_s))
 
+    train.params = params
+    return train
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("resume")
+    train = _train_command(BLOCK, work)
     ref = work / "reference.h5"
     t0 = time.perf_counter()
     subprocess.run(train(ref, 1e9), check=True, timeout=600, capture_output=True)
@@ -150,25 +160,14 @@ def test_rkc_with_momentum_sigkilled_at_a_step_resumes_to_identical_arrays(tmp_p
     resume file holds the integrator's memory, the power iteration's vector and the step
     controller's state), the same command resumes and ends with the uninterrupted run's
     arrays."""
-    from memgen import config
-    from memgen.declare import job_params
-    from memgen.families.time_scale import DATASET, INIT, TRAIN
-
     block = json.loads(json.dumps(BLOCK))
     block["flow"] = {"method": "rkc", "tau_over_h": 1.0e-3, "max_steps": 20000}
-    block = config.validate({"families": ["time_scale"], "time_scale": block})["time_scale"]
-    wc = {"alpha": f"{ALPHA:g}", "h": str(H), "seed": str(SEED)}
-    ds, init = tmp_path / "dataset.h5", tmp_path / "init.h5"
-    subprocess.run(_memgen("ts_dataset", "--output", str(ds), "--params", json.dumps(job_params(DATASET, block, wc))),
-                   check=True, timeout=120)
-    subprocess.run(_memgen("ts_init", "--input", "dataset", str(ds), "--output", str(init),
-                           "--params", json.dumps(job_params(INIT, block, wc))), check=True, timeout=120)
-    params = job_params(TRAIN, block, wc)
+    command = _train_command(block, tmp_path)
+    params = command.params
     assert params["flow"]["method"] == "rkc" and params["flow"]["tau"] > 0
 
     def train(output: Path) -> list[str]:
-        return _memgen("ts_train", "--input", "dataset", str(ds), "--input", "init", str(init), "--output",
-                       str(output), "--params", json.dumps(params), "--resume-every-s", "1e9")
+        return command(output, 1e9)
 
     ref, out = tmp_path / "reference.h5", tmp_path / "run.h5"
     subprocess.run(train(ref), check=True, timeout=600, capture_output=True)
