@@ -156,6 +156,14 @@ def spd(draw, P: int, dtype, lo: float = 1.0, hi: float = 2.0) -> torch.Tensor:
     return ((Q * lam) @ Q.T).to(dtype)
 
 
+def drop_args(*keys):
+    """``fn`` called without the keyword arguments ``keys`` (builders may draw helper
+    values, e.g. ``_x0``, that the function does not take)."""
+    def wrap(fn):
+        return lambda **kw: fn(**{k: v for k, v in kw.items() if k not in keys})
+    return wrap
+
+
 def property_tests(cases: list[Case]):
     """The two tests of a list of cases (a module assigns them to its test_ names)."""
 

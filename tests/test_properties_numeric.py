@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from contract_cases import Case, assert_finite, close, property_tests, sizes, spd, tensor
+from contract_cases import Case, drop_args, assert_finite, close, property_tests, sizes, spd, tensor
 from memgen import dynamics, linear, modelwise, theory
 from memgen.models import FC
 
@@ -110,12 +110,6 @@ def _ode_risk_args(a):
             "noise_std": 0.5, "u0": 0.3, "z0": np.full(d, 0.3)}
 
 
-def _drop(*keys):
-    def wrap(fn):
-        return lambda **kw: fn(**{k: v for k, v in kw.items() if k not in keys})
-    return wrap
-
-
 CASES = [
     # memgen.theory
     Case("linear_gd_weight_error", theory.linear_gd_weight_error, _gd_args,
@@ -131,9 +125,9 @@ CASES = [
          lambda a, out: close(out[0], out[1].sum(-1) + a["noise_std"] ** 2), F64),
     Case("local_extrema", theory.local_extrema, lambda draw, dt: {"curve": np.array([3.0, 1.0, 2.0, 0.5, 4.0])},
          {"curve": ("nan", "col")}, lambda a, out: (list(out[0]), list(out[1])) == ([1, 3], [2]), F64),
-    Case("rank_one_state", _drop("X", "y")(theory.rank_one_state), _two_layer_args, {"W": ("nan", "1d"), "v": ("drop", "nan")},
+    Case("rank_one_state", drop_args("X", "y")(theory.rank_one_state), _two_layer_args, {"W": ("nan", "1d"), "v": ("drop", "nan")},
          lambda a, out: close(out[0] * out[1], a["W"].T @ a["v"]), F64),
-    Case("growing_mode_state", _drop("X", "y")(theory.growing_mode_state),
+    Case("growing_mode_state", drop_args("X", "y")(theory.growing_mode_state),
          lambda draw, dt: {**(a := _two_layer_args(draw, dt)), "b": a["X"].T @ a["y"] / len(a["y"]) + 1},
          {"b": ("drop", "nan"), "W": ("nan",), "v": ("drop",)}, lambda a, out: np.isfinite(out[0]), F64),
     Case("two_layer_ode", theory.two_layer_ode, _ode_args,
@@ -214,9 +208,9 @@ CASES = [
     Case("group_weight_error", linear.group_weight_error,
          lambda draw, dt: {"w": np.zeros(3), "theta": np.ones(3), "sizes": (2, 1)},
          {"theta": ("drop", "nan"), "sizes": ("emptylist",)}, lambda a, e: close(e, np.ones(2)), F64),
-    Case("two_layer_jacobian", _drop("y")(linear.two_layer_jacobian), _two_layer_args,
+    Case("two_layer_jacobian", drop_args("y")(linear.two_layer_jacobian), _two_layer_args,
          {"X": ("nan", "1d"), "W": ("wide", "nan"), "v": ("drop",)}, lambda a, J: J.shape[0] == len(a["X"]), F64),
-    Case("jacobian_spectrum", _drop("y")(linear.jacobian_spectrum), _two_layer_args,
+    Case("jacobian_spectrum", drop_args("y")(linear.jacobian_spectrum), _two_layer_args,
          {"X": ("nan",), "W": ("wide",), "v": ("drop",)}, lambda a, out: bool(((out[1] >= 0) & (out[1] <= 1)).all()), F64),
     Case("jacobian_spectra", linear.jacobian_spectra,
          lambda draw, dt: {"X": (a := _two_layer_args(draw, dt))["X"],
@@ -238,7 +232,7 @@ CASES = [
                            | {"w0": torch.zeros(len(a["y_train"]), dtype=dt), "vjp": lambda g: g},
          {"w0": ("nan", "col"), "vjp": ("notcallable",), "t": ("neg",), "f0_train": ("drop",)},
          lambda a, W: W.shape == (3, len(a["y_train"])) and assert_finite(W) is None),
-    Case("gd_mse", _drop("_net")(dynamics.gd_mse), _gdmse_args,
+    Case("gd_mse", drop_args("_net")(dynamics.gd_mse), _gdmse_args,
          {"w": ("drop", "nan", "col"), "x": ("nan", "wide"), "y": ("drop", "nan"), "lr": ("zero", "nanum"),
           "steps": ("neg", "frac"), "record": ("neg",), "model": ("notcallable",)}, _check_gdmse),
     Case("momentum_step", dynamics.momentum_step,

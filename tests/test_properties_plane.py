@@ -15,7 +15,7 @@ import torch
 from hypothesis import strategies as st
 from scipy import stats
 
-from contract_cases import Case, close, property_tests, sizes, spd, tensor
+from contract_cases import Case, drop_args, close, property_tests, sizes, spd, tensor
 from memgen import MemgenError, linear, phase_plane, scaling, theory
 
 F64 = (torch.float64,)
@@ -218,24 +218,18 @@ def _check_field(a, vf):
                                    _plane_ref(plane, gx, gy, A, b, a["lr"], vf.c, sign), rtol=1e-9, atol=1e-12)
 
 
-def _drop(*keys):
-    def wrap(fn):
-        return lambda **kw: fn(**{k: v for k, v in kw.items() if k not in keys})
-    return wrap
-
-
 CASES = [
     Case("two_layer_flow", theory.two_layer_flow, _flow_args,
          {"u": ("nan", "drop", "col"), "z": ("nan", "wide", "scalar"), "A": ("nan", "wide"), "b": ("drop", "nan"),
           "lr": ("zero", "neg", "nanum")}, _check_flow, F64),
     Case("ode_start", theory.ode_start, _start_args,
          {"init": ("bogus",), "W0": ("nan", "1d"), "v0": ("drop", "nan"), "b": ("drop", "nan")}, _check_start, F64),
-    Case("crossing", _drop("_x0")(scaling.crossing), _crossing_args,
+    Case("crossing", drop_args("_x0")(scaling.crossing), _crossing_args,
          {"x": ("col", "bogus"), "y": ("drop", "col"), "level": ("zero", "neg", "nanum", "inf"),
           "decreasing": ("bogus", "none")}, _check_crossing, F64),
-    Case("power_law", _drop("_noise", "_n")(scaling.power_law), _power_args,
+    Case("power_law", drop_args("_noise", "_n")(scaling.power_law), _power_args,
          {"x": ("col", "bogus"), "y": ("drop",), "confidence": ("zero", "neg", "nanum", "frac")}, _check_power, F64),
-    Case("invariant", _drop("A", "b")(phase_plane.invariant), _flow_args,
+    Case("invariant", drop_args("A", "b")(phase_plane.invariant), _flow_args,
          {"u": ("nan", "drop", "col"), "z": ("nan", "scalar"), "lr": ("zero", "neg", "nanum")}, _check_invariant, F64),
     Case("plane_field", phase_plane.plane_field, _plane_args,
          {"plane": ("bogus",), "x": ("nan",), "y": ("drop", "nan"), "A": ("nan", "wide"), "b": ("drop",),
