@@ -13,7 +13,26 @@ An explicit s-stage RKC2 step is stable for h rho <= 0.65 s^2 (Sommeijer, Shampi
 Verwer 1997; damping eps = 2/13), so the gradient evaluations per unit time grow as
 sqrt(rho / h) instead of rho; the step size follows the accuracy of the smooth part.
 rho comes from a nonlinear power iteration on finite differences of G (warm-started,
-every ``RHO_EVERY`` accepted steps and after a rejection), times a safety of 1.2.
+every ``RHO_EVERY`` accepted steps and after a rejection; :mod:`memgen.spectral`), times
+a safety of 1.2.
+
+Deflation (tau = 0): at paper size the Hessian has one outlier eigenvalue lam, 17-20
+times the next near the margin (the mean-output mode), and it alone sets the stages.
+When the power iteration finds the top eigenvalue positive and at least
+``DEFLATE_GAP`` times the radius rho_e of the rest (a second power iteration on
+dG/dw - lam u u^T), the step splits -G(x) = F_E(x) + F_I(x) with the rank-1 linear
+F_I(x) = -lam u u^T (x - w_n): every stage takes F_E explicitly as RKC2 does, with
+stages for rho_e, and F_I implicitly (a rank-1 solve, no extra gradient):
+
+    Y_j - kappa mu~_j h F_I(Y_j) = (1 - mu_j - nu_j) Y_0 + mu_j Y_{j-1} + nu_j Y_{j-2}
+                                   + mu~_j h F_E(Y_{j-1}) + gamma~_j h F(Y_0)
+
+(Y_1 - kappa mu~_1 h F_I(Y_1) = Y_0 + mu~_1 h F(Y_0); F_I(Y_0) = 0). The implicit part
+sees the same stage times c_j as the explicit one, so the additive method is second order
+for the coupled nonlinear flow once it is for each part; :func:`implicit_weight` picks
+kappa(s) that makes R(0, z) = 1 + z + z^2/2 + O(z^3) on the implicit part, and with it
+|R(z_E, z_I)| < 1 for z_E on RKC2's interval and every z_I < 0 (s >= 3; tests). The
+deflated step is taken only when it needs fewer stages than the plain one.
 
 Momentum: the w-recursion of RKC2 uses the stage velocities v_j in place of -G, and
 each v_j is the exact solution of dv/dt = -(v + G)/tau from the previous stage over
@@ -39,7 +58,7 @@ the interpolated state crosses a level (Illinois regula falsi).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Callable, Generator
 
@@ -47,14 +66,15 @@ import torch
 
 from memgen import MemgenError
 from memgen.dynamics import FlowDiverged
+from memgen.spectral import estimate
 
 EPS = 2.0 / 13.0  # damping of the Chebyshev polynomial
 MAX_STAGES = 250
 SAFETY = 1.2  # margin on the spectral radius estimate
 RHO_EVERY = 25  # accepted steps between spectral radius estimates
-RHO_TOL = 0.05  # relative change that stops the power iteration
 RHO_ITERS = (20, 10)  # at most this many power iterations: cold start, warm start
 FAC = 0.8  # safety factor of the step size controller
+DEFLATE_GAP = 4.0  # deflate the top eigenvalue when it is at least this many times the rest
 
 
 @lru_cache(maxsize=None)
@@ -89,6 +109,44 @@ def coefficients(s: int) -> tuple:
     return tuple(stages)
 
 
+def _implicit_z2(s: int, kap: float) -> float:
+    """z^2 coefficient of the deflated step's stability function R(0, z) (z = -h lam: the
+    implicit part alone) for implicit weight ``kap`` (power series truncated after z^2)."""
+    coef = coefficients(s)
+
+    def solve(r, a):  # r / (1 - a z)
+        return (r[0], r[1] + a * r[0], r[2] + a * r[1] + a * a * r[0])
+
+    one, z_one = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)  # Y_0 and z Y_0 (F_I taken unanchored: F_I(Y_0) = z Y_0)
+    mus1 = coef[0][0]
+    prev2, prev = one, solve(tuple(a + (1 - kap) * mus1 * b for a, b in zip(one, z_one)), kap * mus1)
+    for mu, nu, mus, gam, _ in coef[1:]:
+        r = tuple((1 - mu - nu) * a + mu * b + nu * c + (gam + (1 - kap) * mus) * d
+                  for a, b, c, d in zip(one, prev, prev2, z_one))
+        prev2, prev = prev, solve(r, kap * mus)
+    return prev[2]
+
+
+@lru_cache(maxsize=None)
+def implicit_weight(s: int) -> float:
+    """kappa of the deflated s-stage step (s >= 3): second order on the implicit part
+    (module doc, "Deflation"); bisection on (0, 1], where the z^2 coefficient crosses 1/2 once."""
+    if s < 3:
+        raise MemgenError(f"deflated rkc stages: need s >= 3, got {s}")
+    lo, hi = 1e-3, 1.0
+    f_lo = _implicit_z2(s, lo) - 0.5
+    if (f_lo > 0) == (_implicit_z2(s, hi) - 0.5 > 0):
+        raise MemgenError(f"deflated rkc: no second-order implicit weight in (0, 1] for {s} stages")
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        f_mid = _implicit_z2(s, mid) - 0.5
+        if (f_mid > 0) == (f_lo > 0):
+            lo, f_lo = mid, f_mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 def stages_for(h: float, rho: float) -> int:
     """Fewest stages whose stability interval 0.65 s^2 covers h rho (at least 2)."""
     return max(2, 1 + int(math.sqrt(1 + 1.54 * h * rho)))
@@ -114,10 +172,42 @@ class Memory:
     """What the integrator carries between steps (saved in resume files)."""
 
     rho: float  # spectral radius estimate (with SAFETY)
-    vector: torch.Tensor  # power-iteration direction
+    vector: torch.Tensor  # power-iteration direction (converges to the top eigenvector)
     since_rho: int  # accepted steps since rho was estimated
     err_old: float  # error of the previous accepted step (nan: none yet)
     h_old: float  # its size
+    lam: float = 0.0  # deflated eigenvalue (0: no deflation)
+    rho_e: float = 0.0  # spectral radius of the rest (with SAFETY), when lam > 0
+    vector_e: torch.Tensor | None = None  # power-iteration direction of the deflated operator
+
+    @classmethod
+    def array_names(cls) -> tuple[str, ...]:
+        """The tensor fields (resume files keep them as arrays, the rest as attributes)."""
+        return tuple(f.name for f in fields(cls) if "Tensor" in str(f.type))
+
+    def resume_parts(self) -> tuple[dict, dict]:
+        """(arrays, attributes) of every field, for a resume file."""
+        arrays = set(self.array_names())
+        parts = ({}, {})
+        for f in fields(self):
+            parts[0 if f.name in arrays else 1][f.name] = getattr(self, f.name)
+        return parts
+
+    @classmethod
+    def from_resume(cls, arrays: dict, attrs: dict) -> "Memory":
+        return cls(**{f.name: arrays[f.name] if f.name in arrays else (int if f.type == "int" else float)(attrs[f.name])
+                      for f in fields(cls)})
+
+    def plan(self, h: float) -> tuple[float, int, bool]:
+        """(step size capped for stability, stages, deflated?) for a trial step of size h."""
+        h_p = min(h, max_step(self.rho))
+        s_p = stages_for(h_p, self.rho)
+        if self.lam > 0:
+            h_d = min(h, max_step(self.rho_e))
+            s_d = max(3, stages_for(h_d, self.rho_e))
+            if h_d >= h_p and s_d < s_p:
+                return h_d, s_d, True
+        return h_p, s_p, False
 
 
 @dataclass
@@ -140,38 +230,17 @@ class Step:
     memory: Memory
 
 
-def spectral_radius(w: torch.Tensor, g: torch.Tensor, gradient_at: Callable, vector: torch.Tensor,
-                    iters: int, eps: float) -> tuple[float, torch.Tensor]:
-    """Largest |eigenvalue| of dG/dw at w (G(w) = g) by nonlinear power iteration on
-    differences over sqrt(eps) max(||w||, 1), eps the precision of the evaluations."""
-    dw = math.sqrt(eps) * max(float(w.norm()), 1.0)
-    u, est, prev = vector, 0.0, None
-    for _ in range(iters):
-        n = float(u.norm())
-        if not n > 0 or not math.isfinite(n):
-            u, n = torch.ones_like(w), math.sqrt(w.numel())
-        g2 = gradient_at(w + u * (dw / n))
-        if g2 is None:  # not finite there: keep what we have
-            break
-        u = g2 - g
-        est = float(u.norm()) / dw
-        if prev is not None and abs(est - prev) <= RHO_TOL * est:
-            break
-        prev = est
-    return est, u
-
-
 def rkc_flow(w: torch.Tensor, v: torch.Tensor | None, prepare: Callable[[torch.Tensor], Any],
              gradient: Callable[[Any], torch.Tensor], valid: Callable[[Any], bool], *, tau: float, rtol: float,
              t: float = 0.0, dt: float | None = None, step: int = 0, data: Any = None,
              memory: Memory | None = None, min_dt: float = 1e-20,
-             eps: float | None = None) -> Generator[Step, None, None]:
+             eps: float | None = None, deflate: bool = True) -> Generator[Step, None, None]:
     """Integrate forever (module doc), yielding after every accepted step.
 
     ``v`` is ignored for tau = 0 (the velocity is -G). ``t``, ``dt``, ``step``, ``data`` (=
     ``prepare(w)``, recomputed when None) and ``memory`` resume a saved run exactly; dt None
     starts with 1 / rho. ``eps``: the precision of ``prepare``'s arithmetic (default: that
-    of w's dtype).
+    of w's dtype). ``deflate``: allow the deflated step (tau = 0; module doc).
     """
     eps = torch.finfo(w.dtype).eps if eps is None else eps
     if not rtol > 0 or not rtol < 1:
@@ -188,19 +257,28 @@ def rkc_flow(w: torch.Tensor, v: torch.Tensor | None, prepare: Callable[[torch.T
         d = prepare(x)
         return gradient(d) if valid(d) else None
 
+    def worth(h):  # can a deflated step (s >= 3) take fewer stages than a plain one at this h?
+        return (lambda rho: stages_for(min(h, max_step(rho)), rho) > 3) if deflate and tau == 0 else None
+
     if memory is None:
-        vec = torch.randn(w.shape, generator=torch.Generator().manual_seed(0), dtype=w.dtype).to(w.device)
-        rho, vec = spectral_radius(w, g, gradient_at, vec, RHO_ITERS[0], eps)
-        memory = Memory(SAFETY * rho, vec, 0, math.nan, math.nan)
+        def start(seed):
+            return torch.randn(w.shape, generator=torch.Generator().manual_seed(seed), dtype=w.dtype).to(w.device)
+
+        memory = Memory(0.0, start(0), 0, math.nan, math.nan, vector_e=start(1))
+        estimate(memory, w, g, gradient_at, RHO_ITERS[0], eps, worth(dt if dt is not None else 0.0), SAFETY,
+                 DEFLATE_GAP)
     if dt is None:
         dt = 1 / memory.rho if memory.rho > 0 else 1.0
     h, fresh = dt, memory.since_rho == 0
     while True:
         rejected = 0
         while True:
-            h = min(h, max_step(memory.rho))
-            s = stages_for(h, memory.rho)
-            w_new, v_new, data_new = step_once(w, v, g, data, h, s, tau, prepare, gradient, valid)
+            h, s, deflated = memory.plan(h)
+            if deflated:
+                u = memory.vector / memory.vector.norm()
+                w_new, v_new, data_new = step_deflated(w, v, h, s, memory.lam, u, prepare, gradient, valid)
+            else:
+                w_new, v_new, data_new = step_once(w, v, g, data, h, s, tau, prepare, gradient, valid)
             if data_new is None:  # a stage was not finite
                 err = math.inf
             else:
@@ -214,8 +292,8 @@ def rkc_flow(w: torch.Tensor, v: torch.Tensor | None, prepare: Callable[[torch.T
             if h < min_dt:
                 raise FlowDiverged(f"time step fell below {min_dt:g} at t={t:g}, step {step}: non-finite dynamics")
             if not fresh:  # re-estimate rho once per rejected step (an unstable trial is one cause)
-                rho, memory.vector = spectral_radius(w, g, gradient_at, memory.vector, RHO_ITERS[1], eps)
-                memory.rho, memory.since_rho, fresh = SAFETY * rho, 0, True
+                estimate(memory, w, g, gradient_at, RHO_ITERS[1], eps, worth(h), SAFETY, DEFLATE_GAP)
+                fresh = True
         if err == 0:
             fac = 10.0
         elif math.isnan(memory.err_old):
@@ -231,8 +309,8 @@ def rkc_flow(w: torch.Tensor, v: torch.Tensor | None, prepare: Callable[[torch.T
         memory.since_rho += 1
         fresh = False
         if memory.since_rho >= RHO_EVERY:
-            rho, memory.vector = spectral_radius(w, g, gradient_at, memory.vector, RHO_ITERS[1], eps)
-            memory.rho, memory.since_rho, fresh = SAFETY * rho, 0, True
+            estimate(memory, w, g, gradient_at, RHO_ITERS[1], eps, worth(h), SAFETY, DEFLATE_GAP)
+            fresh = True
         yield Step(step, t, taken, h, rejected, s, t0, w0, v0, data0, w, v, data, memory)
 
 
@@ -256,6 +334,35 @@ def step_once(w, v, g, data, h, s, tau, prepare, gradient, valid):
         v_prev = relax(v_prev, g_prev, g_j, (c - c_prev) * h, tau)
         w_prev2, w_prev, g_prev, c_prev = w_prev, w_j, g_j, c
     return w_prev, v_prev, d
+
+
+def step_deflated(w, v, h, s, lam, u, prepare, gradient, valid):
+    """One deflated RKC2 step (tau = 0, s >= 3, u of unit norm): (w, v, data) at its end,
+    data None if not finite (module doc, "Deflation")."""
+    coef, kap = coefficients(s), implicit_weight(s)
+
+    def solve(r, a):  # x with (x - w) + a lam u u^T (x - w) = r - w (Sherman-Morrison)
+        x = r - w
+        return x.sub_(u, alpha=a * lam / (1 + a * lam) * float(u @ x)).add_(w)
+
+    def explicit(x, d):  # F_E(x) = -G(x) + lam u u^T (x - w)
+        return torch.neg(gradient(d)).add_(u, alpha=lam * float(u @ (x - w)))
+
+    mus1 = coef[0][0]
+    w_prev2, w_prev = w, solve(torch.add(w, v, alpha=mus1 * h), kap * mus1 * h)
+    d = prepare(w_prev)
+    if not valid(d):
+        return None, None, None
+    f_prev = explicit(w_prev, d)
+    for mu, nu, mus, gam, _ in coef[1:]:
+        r = torch.mul(w_prev, mu).add_(w_prev2, alpha=nu).add_(w, alpha=1 - mu - nu)
+        w_j = solve(r.add_(f_prev, alpha=mus * h).add_(v, alpha=gam * h), kap * mus * h)
+        d = prepare(w_j)
+        if not valid(d):
+            return None, None, None
+        f_prev = explicit(w_j, d)
+        w_prev2, w_prev = w_prev, w_j
+    return w_prev, torch.neg(gradient(d)), d
 
 
 def interpolate(st: Step, t: float) -> torch.Tensor:

@@ -13,9 +13,13 @@ output of the step that contains them:
   that step. max_time stops exactly at max_time (interpolated); max_steps and max_wall
   at the end of a step.
 
-Resume files add the integrator's memory (spectral radius, its power-iteration vector,
-the controller's previous error and step, the checkpoint grid's t_1 and index), so a
-resumed run gives the arrays of an uninterrupted one.
+No deflation (:mod:`memgen.chebyshev`) with ``gradient_dtype: float32``: the deflated
+mode's h lam (10^2-10^3) multiplies the rounding of the state to float32 in the error
+estimate, and the steps shrink (paper size, alpha 1: 5x the gradient evaluations).
+
+Resume files add the integrator's memory (spectral radii, the deflated eigenvalue, both
+power-iteration vectors, the controller's previous error and step, the checkpoint grid's
+t_1 and index), so a resumed run gives the arrays of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -56,14 +60,12 @@ def run_rkc(problem, cfg, y_test: torch.Tensor, *, resume_path: Path | None = No
     status = rec.status
     state = problem.initial_state()
     t, dt, step, memory, t_first, k = 0.0, None, 0, None, math.nan, 0
-    resumed = load_resume(resume_path, resume_params, state, arrays=("vector",)) if resume_path else None
+    resumed = load_resume(resume_path, resume_params, state, arrays=Memory.array_names()) if resume_path else None
     if resumed is not None:
         state, t, dt, step, k = (resumed[key] for key in ("state", "t", "dt", "step", "next_checkpoint"))
         rec.restore(resumed)
-        a = resumed["attrs"]
-        memory = Memory(float(a["rho"]), resumed["arrays"]["vector"], int(a["since_rho"]), float(a["err_old"]),
-                        float(a["h_old"]))
-        t_first = float(a["t_first"])
+        memory = Memory.from_resume(resumed["arrays"], resumed["attrs"])
+        t_first = float(resumed["attrs"]["t_first"])
     prep = problem.prepare(state)
     if resumed is None:
         rec.record(0, 0.0, 0.0, state, prep)
@@ -82,10 +84,9 @@ def run_rkc(problem, cfg, y_test: torch.Tensor, *, resume_path: Path | None = No
             rec.record(st.step, when, st.dt, (w, None), problem.prepare((w, None)))
 
     def save(state, t, st, step, k, t_first):
-        m = st.memory
-        save_resume(resume_path, resume_params, state, t, st.next_dt, step, rec, k, arrays={"vector": m.vector},
-                    attrs={"rho": m.rho, "since_rho": m.since_rho, "err_old": m.err_old, "h_old": m.h_old,
-                           "t_first": t_first})
+        arrays, attrs = st.memory.resume_parts()
+        save_resume(resume_path, resume_params, state, t, st.next_dt, step, rec, k, arrays=arrays,
+                    attrs={**attrs, "t_first": t_first})
         return step
 
     bar, mark = start_progress(progress, progress_every_s, cfg, step, t, len(prep.z), resumed is not None)
@@ -93,7 +94,8 @@ def run_rkc(problem, cfg, y_test: torch.Tensor, *, resume_path: Path | None = No
     if not status["diverged"] and not bool((prep.z >= 1).all()):
         stepper = rkc_flow(state[0], state[1], lambda w: problem.prepare((w, None)), lambda p: p.grad,
                            lambda p: p.finite, tau=cfg.tau, rtol=cfg.rtol, t=t, dt=dt, step=step, data=prep,
-                           memory=memory, eps=torch.finfo(problem.eval_dtype).eps)
+                           memory=memory, eps=torch.finfo(problem.eval_dtype).eps,
+                           deflate=cfg.deflate and problem.eval_dtype == state[0].dtype)  # float32: see below
         with deferred_sigterm(resume_path is not None):
             try:
                 for st in stepper:

@@ -83,6 +83,7 @@ class FlowConfig:
     gradient_dtype: str = "same"  # "float32": forward / backward passes in float32, the state in its own dtype
     rtol: float = 1e-3  # rkc: local error per unit step, relative to the step's own change of w
     checkpoints_per_decade: float = 20.0  # rkc: checkpoint times log-spaced in t
+    deflate: bool = True  # rkc, tau = 0, gradient_dtype same: implicit outlier eigenvalue (memgen.chebyshev)
 
     def __post_init__(self):
         if not self.alpha > 0:
@@ -100,6 +101,8 @@ class FlowConfig:
             raise MemgenError(f"flow.checkpoints_per_decade: must be > 0, got {self.checkpoints_per_decade!r}")
         if not self.tau >= 0:
             raise MemgenError(f"flow.tau: must be >= 0, got {self.tau!r}")
+        if not isinstance(self.deflate, bool):
+            raise MemgenError(f"flow.deflate: must be true or false, got {self.deflate!r}")
 
     @property
     def norm(self) -> float:
@@ -124,7 +127,9 @@ class NetworkProblem:
     ``cfg.gradient_dtype = "float32"`` evaluates the network (outputs, margins, gradient)
     in float32 from the state rounded to it, results cast back to the state's dtype:
     about 2x faster on CPU; relative errors of F about alpha * 1e-8 / |F| (the centring
-    f - f0 cancels digits), so meant for alpha up to ~1e2.
+    f - f0 cancels digits). With ``method: rkc`` meant for alpha <~ 1: the rounding of the
+    state to float32 is amplified ~h rho-fold in the error estimate of a stabilized step,
+    and at large alpha the step size collapses (README, "float32").
     """
 
     def __init__(self, model, w0, x_train, y_train, x_test, cfg: FlowConfig):

@@ -61,7 +61,7 @@ def init(ts: dict, wc: Wildcards) -> dict:
 # flow keys only one integrator reads: left out of the other's params (euler runs keep
 # exactly the params they had before flow.method existed)
 METHOD_KEYS = {"euler": ("max_dgrad", "max_dout", "checkpoint_step"),
-               "rkc": ("method", "rtol", "checkpoints_per_decade")}
+               "rkc": ("method", "rtol", "checkpoints_per_decade", "deflate")}
 
 
 def _flow(ts: dict, alpha: float, h: int) -> dict:
