@@ -12,6 +12,8 @@ from memgen.chebyshev import (MAX_STAGES, coefficients, crossing, interpolate, r
                               step_once)
 from memgen.dynamics import FlowDiverged
 
+from linear_flow import LinearFlow
+
 # a stiff linear gradient flow: G(w) = A w, eigenvalues from 0.5 to 400
 EIGS = np.geomspace(0.5, 400.0, 12)
 Q = np.linalg.qr(np.random.default_rng(0).standard_normal((12, 12)))[0]
@@ -19,23 +21,11 @@ A = torch.tensor((Q * EIGS) @ Q.T)
 W0 = torch.tensor(np.random.default_rng(1).standard_normal(12))
 
 
-class Lin:
-    """prepare / gradient / valid of the linear flow, counting gradient evaluations."""
+class Lin(LinearFlow):
+    """The stiff flow above."""
 
     def __init__(self):
-        self.calls = 0
-
-    def prepare(self, w):
-        self.calls += 1
-        return A @ w
-
-    @staticmethod
-    def gradient(g):
-        return g
-
-    @staticmethod
-    def valid(g):
-        return bool(torch.isfinite(g).all())
+        super().__init__(A)
 
 
 def exact(t, tau=0.0, scale=1.0):

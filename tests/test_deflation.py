@@ -10,6 +10,7 @@ import scipy.linalg as sl
 import torch
 
 from memgen import MemgenError
+from linear_flow import LinearFlow
 from memgen.chebyshev import Memory, implicit_weight, interpolate, rkc_flow, stages_for, step_deflated, step_once
 
 # G(w) = A w: a bulk of eigenvalues 0.5 .. 20 and one outlier, 2000 (100x the bulk)
@@ -21,21 +22,9 @@ U = torch.tensor(Q[:, -1])  # the outlier's eigenvector
 W0 = torch.tensor(np.random.default_rng(4).standard_normal(12))
 
 
-class Lin:
+class Lin(LinearFlow):
     def __init__(self, a=A):
-        self.a, self.calls = a, 0
-
-    def prepare(self, w):
-        self.calls += 1
-        return self.a @ w
-
-    @staticmethod
-    def gradient(g):
-        return g
-
-    @staticmethod
-    def valid(g):
-        return bool(torch.isfinite(g).all())
+        super().__init__(a)
 
 
 def exact(t, a=A):

@@ -174,7 +174,7 @@ def test_float32_gradients_follow_the_float64_run(method):
                                       (dict(gradient_dtype="half"), "flow.gradient_dtype"),
                                       (dict(rtol=0.0), "flow.rtol"), (dict(rtol=2.0), "flow.rtol"),
                                       (dict(checkpoints_per_decade=0.0), "flow.checkpoints_per_decade"),
-                                      (dict(tau=-0.1), "flow.tau")])
+                                      (dict(tau=-0.1), "flow.tau"), (dict(deflate="yes"), "flow.deflate")])
 def test_flow_config_checks_method_and_tolerances(kw, match):
     with pytest.raises(MemgenError, match=match):
         FlowConfig(alpha=1.0, **kw)
