@@ -140,3 +140,30 @@ def test_resuming_from_memory_continues_bit_identically():
         assert torch.equal(ref.w, st.w) and ref.t == st.t and ref.stages == st.stages
         n += 1
     assert n == len(full) - k - 1 > 50
+
+
+def test_frozen_kernel_runs_are_never_deflated(monkeypatch):
+    """The frozen kernel's Jacobian in c, -coef diag(l'') K, is not symmetric, so rkc does
+    not deflate it (memgen.training, symmetric_jacobian): flow.deflate true and false give
+    the same run. With the guard lifted the same problem is deflated (its mean mode is
+    100x the rest), so the equality is not vacuous."""
+    from conftest import random_spd
+    from memgen import training
+    from memgen.losses import Loss
+    from memgen.training import FlowConfig, KernelProblem
+
+    n, rng = 40, np.random.default_rng(0)
+    K = torch.tensor(random_spd(n, seed=0) / n + 20.0 * np.ones((n, n)) / n)
+    y, K_test = torch.tensor(np.sign(rng.standard_normal(n))), torch.tensor(rng.standard_normal((5, n)))
+
+    def fit(deflate):
+        cfg = FlowConfig(alpha=10.0, loss=Loss("soft_hinge", beta=20.0), method="rkc", deflate=deflate)
+        res = training.run(KernelProblem(K, K_test, y, cfg), cfg, torch.ones(5, dtype=torch.float64))
+        assert res.status["stop_reason"] == "converged"
+        return res.status["step_fit"], res.F_train
+
+    plain = fit(False)
+    on = fit(True)
+    assert on[0] == plain[0] and np.array_equal(on[1], plain[1])
+    monkeypatch.setattr(KernelProblem, "symmetric_jacobian", True)
+    assert fit(True)[0] != plain[0]

@@ -13,7 +13,9 @@ output of the step that contains them:
   that step. max_time stops exactly at max_time (interpolated); max_steps and max_wall
   at the end of a step.
 
-No deflation (:mod:`memgen.chebyshev`) with ``gradient_dtype: float32``: the deflated
+Deflation (:mod:`memgen.chebyshev`) runs only with ``flow.deflate``, on a problem whose
+Jacobian is symmetric (``problem.symmetric_jacobian``: the network, not the frozen
+kernel; :mod:`memgen.training`) and without ``gradient_dtype: float32``: the deflated
 mode's h lam (10^2-10^3) multiplies the rounding of the state to float32 in the error
 estimate, and the steps shrink (paper size, alpha 1: 5x the gradient evaluations).
 
@@ -34,6 +36,11 @@ from memgen.chebyshev import Memory, crossing, interpolate, rkc_flow
 from memgen.dynamics import FlowDiverged
 from memgen.runstate import (Recorder, RunResult, deferred_sigterm, load_resume, progress_line, resume_or_pause,
                              save_resume, start_progress)
+
+
+def _deflates(problem, cfg, state_dtype) -> bool:
+    """Whether rkc deflates the outlier eigenvalue for ``problem`` (module doc)."""
+    return cfg.deflate and problem.symmetric_jacobian and problem.eval_dtype == state_dtype
 
 
 def _margin_event(problem, st, level: float, strict: bool):
@@ -95,7 +102,7 @@ def run_rkc(problem, cfg, y_test: torch.Tensor, *, resume_path: Path | None = No
         stepper = rkc_flow(state[0], state[1], lambda w: problem.prepare((w, None)), lambda p: p.grad,
                            lambda p: p.finite, tau=cfg.tau, rtol=cfg.rtol, t=t, dt=dt, step=step, data=prep,
                            memory=memory, eps=torch.finfo(problem.eval_dtype).eps,
-                           deflate=cfg.deflate and problem.eval_dtype == state[0].dtype)  # float32: see below
+                           deflate=_deflates(problem, cfg, state[0].dtype))
         with deferred_sigterm(resume_path is not None):
             try:
                 for st in stepper:

@@ -27,6 +27,15 @@ Two problems share the loop:
   initialisation, state (c, v) with F_train = K0 c and F_test = K0_test,train c, which
   is exactly the linearized network's dynamics (w - w0 = J^T c / alpha).
 
+A problem's ``symmetric_jacobian`` says whether the Jacobian of its gradient in its own
+state is symmetric (the Hessian, for the network). ``rkc``'s deflation
+(:mod:`memgen.chebyshev`) removes the outlier with the orthogonal projector u u^T, the
+spectral projector only of a symmetric Jacobian, so it runs only where this is True.
+The frozen kernel's Jacobian in c is -coef diag(l'') K0, not symmetric: deflated there,
+the split leaves a non-normal explicit part whose radius the power iteration misreads,
+steps are rejected and the step size collapses (paper size, h = 25, alpha 10: 71198
+steps to the margin; about 20x the wall time of the plain run).
+
 Runs can resume: :func:`run` saves its full state to ``resume_path`` every
 ``resume_every_s`` seconds (atomically) and, given an existing resume file from the
 same parameters, continues from it to the same arrays an uninterrupted run gives.
@@ -132,6 +141,8 @@ class NetworkProblem:
     and at large alpha the step size collapses (README, "float32").
     """
 
+    symmetric_jacobian = True  # the Hessian (module doc)
+
     def __init__(self, model, w0, x_train, y_train, x_test, cfg: FlowConfig):
         self.model, self.cfg = model, cfg
         self.w0 = w0
@@ -192,6 +203,8 @@ class NetworkProblem:
 
 class KernelProblem:
     """Frozen-kernel flow: F_train = K c, F_test = K_test c, K the NTK of f at w0."""
+
+    symmetric_jacobian = False  # -coef diag(l'') K in c: no rkc deflation (module doc)
 
     def __init__(self, k_train, k_test_train, y_train, cfg: FlowConfig):
         self.K, self.K_test, self.y, self.cfg = k_train, k_test_train, y_train, cfg
