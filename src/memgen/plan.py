@@ -25,8 +25,9 @@ bound per run. With ``flow.method: rkc`` read ``--steps`` as gradient evaluation
 run (each step takes several stages): benchmarks/flow.py counts 3300-5300 at the
 paper's size (h = 100, alpha 1e-2 to 1e2, rtol 1e-3, deflation on), against 4700-23700
 Euler steps (benchmarks/README.md). Jobs that request GPUs (``gpu=`` in their
-resources: only the steps that compute on the device) report GPU hours divided by ``--gpu-speedup`` (default 1: measure
-one train job with ``--device cuda`` against ``--device cpu`` and pass the ratio).
+resources: only the steps that compute on the device) report GPU hours divided by
+``--gpu-speedup`` (default 1: measure one train job with ``--device cuda`` against
+``--device cpu`` and pass the ratio).
 """
 
 from __future__ import annotations
