@@ -9,9 +9,12 @@ import pytest
 import scipy.linalg as sl
 import torch
 
-from memgen import MemgenError
+from conftest import random_spd
 from linear_flow import LinearFlow
+from memgen import MemgenError, training
 from memgen.chebyshev import Memory, implicit_weight, interpolate, rkc_flow, stages_for, step_deflated, step_once
+from memgen.losses import Loss
+from memgen.training import FlowConfig, KernelProblem
 
 # G(w) = A w: a bulk of eigenvalues 0.5 .. 20 and one outlier, 2000 (100x the bulk)
 BULK = np.geomspace(0.5, 20.0, 11)
@@ -147,11 +150,6 @@ def test_frozen_kernel_runs_are_never_deflated(monkeypatch):
     not deflate it (memgen.training, symmetric_jacobian): flow.deflate true and false give
     the same run. With the guard lifted the same problem is deflated (its mean mode is
     100x the rest), so the equality is not vacuous."""
-    from conftest import random_spd
-    from memgen import training
-    from memgen.losses import Loss
-    from memgen.training import FlowConfig, KernelProblem
-
     n, rng = 40, np.random.default_rng(0)
     K = torch.tensor(random_spd(n, seed=0) / n + 20.0 * np.ones((n, n)) / n)
     y, K_test = torch.tensor(np.sign(rng.standard_normal(n))), torch.tensor(rng.standard_normal((5, n)))
