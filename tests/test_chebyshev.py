@@ -8,8 +8,8 @@ import scipy.linalg as sl
 import torch
 
 from memgen import MemgenError
-from memgen.chebyshev import (MAX_STAGES, coefficients, crossing, interpolate, relax, rkc_flow, stages_for,
-                              step_once)
+from memgen.chebyshev import MAX_STAGES, coefficients, relax, rkc_flow, stages_for, step_once
+from memgen.dense_output import crossing, interpolate
 from memgen.dynamics import FlowDiverged
 
 from linear_flow import LinearFlow

@@ -12,7 +12,9 @@ import torch
 from conftest import random_spd
 from linear_flow import LinearFlow
 from memgen import MemgenError, training
-from memgen.chebyshev import Memory, implicit_weight, interpolate, rkc_flow, stages_for, step_deflated, step_once
+from memgen.chebyshev import (Memory, error_estimate, implicit_weight, rkc_flow, stages_for, step_deflated,
+                              step_once)
+from memgen.dense_output import interpolate
 from memgen.losses import Loss
 from memgen.training import FlowConfig, KernelProblem
 
@@ -101,6 +103,27 @@ def test_outlier_is_stable_deflated_and_unstable_plain():
     err_plain = float((plain(40, 20.0, s_outlier) - exact(20.0)).norm())
     assert err < 3 * err_plain and err < 2e-2 * float(W0.norm()), (err, err_plain)
     assert float(plain(5, 2.5, s).norm()) > 1e3 * float(W0.norm())
+
+
+@pytest.mark.parametrize("h", [0.05, 0.5, 2.0])
+def test_filtered_estimate_matches_the_outliers_true_error(h):
+    """One deflated step from W0 at h lam = 100, 1000, 4000: the error estimate's component
+    along the outlier (the estimate is linear, so it is the estimate of the projected
+    states) is 1-3x the step's true error there (against the matrix exponential); the raw
+    RKC estimate overstates it over 100-fold and would reject the step."""
+    lam = float(EIGS[-1])
+    lin = Lin()
+    w, v = W0.clone(), -(A @ W0)
+    w_new, v_new, _ = step_deflated(w, v, h, max(3, stages_for(h, 1.2 * BULK[-1])), lam, U, lin.prepare,
+                                    lin.gradient, lin.valid)
+    true = abs(float(U @ (w_new - exact(h))))
+
+    def along_u(filtered):
+        p = [U * float(U @ x) for x in (w, v, w_new, v_new)]
+        return error_estimate(*p, h, (lam, U) if filtered else None)
+
+    assert 1.0 <= along_u(True) / true <= 3.0, (along_u(True), true)
+    assert along_u(False) / true > 100, (along_u(False), true)
 
 
 def adaptive(deflate, t_end=8.0, rtol=1e-4, stop=None):

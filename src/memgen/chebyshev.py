@@ -42,7 +42,8 @@ second order for any tau and keeps RKC2's stability while tau rho < 1/4 (the lin
 test problem's spectrum is real). Beyond that the modes oscillate (frequency
 sqrt(rho / tau)) and the error control keeps the step small enough.
 
-Error control: est = 0.8 (w_n - w_{n+1}) + 0.4 h (v_n + v_{n+1}) (the RKC estimate),
+Error control: est = 0.8 (w_n - w_{n+1}) + 0.4 h (v_n + v_{n+1}) (the RKC estimate;
+after a deflated step filtered along u by 1 / (1 + h lam), :func:`error_estimate`),
 accepted when ||est|| <= rtol ||w_{n+1} - w_n|| (error per unit step: the global error
 stays a fraction of the distance travelled, which keeps the time of reaching the
 margin accurate); predictive step factor 0.8 (h/h_old) err_old^(1/3) / err^(2/3) (after
@@ -50,9 +51,7 @@ the first step; 0.8 err^(-1/3) then and on rejection), clipped to [0.1, 10]. A s
 whose stages are not finite is retried with h / 10; below ``min_dt``,
 :class:`memgen.dynamics.FlowDiverged`.
 
-Dense output (:func:`interpolate`): the cubic Hermite polynomial through (w, dw/dt) at
-both ends of a step (dw/dt = v); :func:`crossing` locates where a scalar function of
-the interpolated state crosses a level (Illinois regula falsi).
+Dense output of a :class:`Step`: :mod:`memgen.dense_output`.
 """
 
 from __future__ import annotations
@@ -283,7 +282,7 @@ def rkc_flow(w: torch.Tensor, v: torch.Tensor | None, prepare: Callable[[torch.T
                 err = math.inf
             else:
                 inc = float(torch.dist(w_new, w))
-                est = float(torch.mul(w - w_new, 0.8).add_(v + v_new, alpha=0.4 * h).norm())
+                est = error_estimate(w, v, w_new, v_new, h, (memory.lam, u) if deflated else None)
                 err = est / (rtol * inc) if inc > 0 else (0.0 if est == 0 else math.inf)
             if err <= 1:
                 break
@@ -312,6 +311,21 @@ def rkc_flow(w: torch.Tensor, v: torch.Tensor | None, prepare: Callable[[torch.T
             estimate(memory, w, g, gradient_at, RHO_ITERS[1], eps, worth(h), SAFETY, DEFLATE_GAP)
             fresh = True
         yield Step(step, t, taken, h, rejected, s, t0, w0, v0, data0, w, v, data, memory)
+
+
+def error_estimate(w, v, w_new, v_new, h: float, deflated: tuple[float, torch.Tensor] | None = None) -> float:
+    """||est|| of the step from (w, v) to (w_new, v_new) (module doc, "Error control").
+
+    After a deflated step (``deflated = (lam, u)``) the component along u is filtered by
+    (1 + h lam)^-1, as stiff solvers filter with (I - h J)^-1: there the raw estimate is
+    0.4 h lam times the mode's distance from its quasi-equilibrium, 10^2-10^3 times the
+    step's true error in it (tests), and rejects steps whose error is within tolerance.
+    """
+    est = torch.mul(w - w_new, 0.8).add_(v + v_new, alpha=0.4 * h)
+    if deflated is not None:
+        lam, u = deflated
+        est.sub_(u, alpha=float(u @ est) * h * lam / (1 + h * lam))
+    return float(est.norm())
 
 
 def step_once(w, v, g, data, h, s, tau, prepare, gradient, valid):
@@ -363,47 +377,3 @@ def step_deflated(w, v, h, s, lam, u, prepare, gradient, valid):
         f_prev = explicit(w_j, d)
         w_prev2, w_prev = w_prev, w_j
     return w_prev, torch.neg(gradient(d)), d
-
-
-def interpolate(st: Step, t: float) -> torch.Tensor:
-    """w at time t in [st.t0, st.t] (cubic Hermite through both ends; exact at the ends)."""
-    if t == st.t:
-        return st.w
-    if t == st.t0:
-        return st.w0
-    h = st.t - st.t0
-    x = (t - st.t0) / h
-    h00, h10 = (1 + 2 * x) * (1 - x) ** 2, x * (1 - x) ** 2
-    h01, h11 = x * x * (3 - 2 * x), x * x * (x - 1)
-    return torch.mul(st.w0, h00).add_(st.v0, alpha=h10 * h).add_(st.w, alpha=h01).add_(st.v, alpha=h11 * h)
-
-
-def crossing(fn: Callable[[float], tuple[float, Any]], a: float, fa: float, b: float, fb: float,
-             reached: Callable[[float], bool], *, rtol: float = 1e-10, max_iter: int = 60) -> tuple[float, Any]:
-    """First time in [a, b] where ``reached(value)`` turns true (false at a, true at b):
-    Illinois regula falsi on ``fn(t) -> (value, payload)``.
-
-    Returns (t, payload) of the right end of the final bracket (``reached`` holds there;
-    payload None when that is b itself), the bracket narrowed to rtol * |b|.
-    """
-    if reached(fa) or not reached(fb):
-        raise MemgenError(f"crossing: need the event false at a and true at b, got values {fa!r}, {fb!r}")
-    payload, side = None, 0
-    for _ in range(max_iter):
-        if b - a <= rtol * abs(b):
-            break
-        c = (a * fb - b * fa) / (fb - fa) if fb != fa else 0.5 * (a + b)
-        if not a < c < b:
-            c = 0.5 * (a + b)
-        fc, pc = fn(c)
-        if reached(fc):
-            b, fb, payload = c, fc, pc
-            if side == -1:
-                fa /= 2
-            side = -1
-        else:
-            a, fa = c, fc
-            if side == 1:
-                fb /= 2
-            side = 1
-    return b, payload

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from memgen.chebyshev import Memory, crossing, interpolate, rkc_flow
+from memgen.chebyshev import Memory, rkc_flow
+from memgen.dense_output import crossing, interpolate
 from memgen.dynamics import FlowDiverged
 from memgen.runstate import (Recorder, RunResult, deferred_sigterm, load_resume, progress_line, resume_or_pause,
                              save_resume, start_progress)
