@@ -133,10 +133,15 @@ def run_memgen(net, data, cfg) -> dict:
                 t=res.records["t"], F_train=res.F_train, F_test=res.F_test, t_fit=res.status["t_fit"])
 
 
-def reference(net, data, cfg, times: np.ndarray, key: str) -> dict:
+def reference_path(size: str, alpha: float, tau: float) -> Path:
+    """The cache file of the reference for one problem (size, alpha, tau)."""
+    key = json.dumps([size, SIZES[size], alpha, tau, REF_RTOL])
+    return RESULTS / "flow_reference" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+
+
+def reference(net, data, cfg, times: np.ndarray, path: Path) -> dict:
     """DOP853 (rtol 1e-10) outputs at ``times`` and its t_fit (module doc). Cached per
-    problem: a table of the times computed so far, extended when new times are asked for."""
-    path = RESULTS / "flow_reference" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+    problem in ``path``: a table of the times computed so far, extended when new times are asked for."""
     table = dict(np.load(path)) if path.exists() else None
     if table is None or not np.isin(times, table["t"]).all():
         wanted = np.unique(np.concatenate([times] + ([table["t"]] if table is not None else [])))
@@ -230,8 +235,7 @@ def bench_point(size, alpha, args) -> dict:
     runs = [out[n] for n in names] + list(dense.values())
     times = np.concatenate([r["t"] for r in runs])
     sizes = np.cumsum([0] + [len(r["t"]) for r in runs])
-    key = json.dumps([size, SIZES[size], alpha, cfg.tau, REF_RTOL])
-    ref = reference(net, data, cfg, times, key)
+    ref = reference(net, data, cfg, times, reference_path(size, alpha, cfg.tau))
     row = dict(size=size, alpha=alpha, tau=cfg.tau, rtols=args.rtol, ref_t_fit=ref["t_fit"], ref_evals=ref["evals"],
                methods={})
     for j, n in enumerate(names):
