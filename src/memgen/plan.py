@@ -22,7 +22,7 @@ that point, which gives the params and the steps taken). The number of gradient-
 steps is not known before a run (it depends strongly on alpha): ``--steps`` (default
 1e5, capped at ``flow.max_steps``) is an assumption, and ``max_wall`` gives an upper
 bound per run. With ``flow.method: rkc`` read ``--steps`` as gradient evaluations per
-run (each step takes several stages): benchmarks/flow.py counts 3300-5300 at the
+run (each step takes several stages): benchmarks/flow.py counts 2600-3600 at the
 paper's size (h = 100, alpha 1e-2 to 1e2, rtol 1e-3, deflation on), against 4700-23700
 Euler steps (benchmarks/README.md). Jobs that request GPUs (``gpu=`` in their
 resources: only the steps that compute on the device) report GPU hours divided by
