@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Jobs per rule (from Snakemake's dry run) and estimated CPU / GPU hours; "
                                    "the cost model is in memgen.plan.")
     p.add_argument("--configfile", required=True)
-    p.add_argument("--steps", type=int, default=100_000, help="gradient-flow steps assumed per run")
+    p.add_argument("--steps", type=int, default=None,
+                   help="accepted gradient-flow steps assumed per run, for every flow.method (default: "
+                        "memgen.plan.DEFAULT_STEPS per method, or the --calibrate run's medians)")
     p.add_argument("--gpu-speedup", type=float, default=1.0,
                    help="speed of a device job on its GPU relative to one CPU thread (measure it)")
     p.add_argument("--calibrate", metavar="DIR", default=None,

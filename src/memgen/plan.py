@@ -14,18 +14,23 @@ whose every job block gives its rule, resources and shell command, and so the ex
 - steps with a measured ``seconds`` per job (on reference runs), and light steps
   (data sets, summaries, figures): OVERHEAD.
 
+"steps" are a run's accepted steps, priced per step of its ``flow.method``: by
+``UNIT["train:rkc"]`` where the method has its own unit (:func:`unit_key`; a Chebyshev
+step takes several gradient evaluations, and its share of rejected trials and spectral
+estimates), else by ``UNIT[kind]`` (euler: one gradient per step).
+
 ``UNIT`` (seconds per unit of work, one CPU thread, float64) and ``OVERHEAD`` (process
 start, imports, I/O) were measured on the 2-core x86 VM this project is developed on;
 ``--calibrate DIR`` replaces them by fits to the benchmarks of a run that already
 happened (``DIR/logs/benchmark/FAMILY/STEP/POINT.tsv`` paired with the step's output at
 that point, which gives the params and the steps taken). The number of gradient-flow
-steps is not known before a run (it depends strongly on alpha): ``--steps`` (default
-1e5, capped at ``flow.max_steps``) is an assumption, and ``max_wall`` gives an upper
-bound per run. With ``flow.method: rkc`` read ``--steps`` as gradient evaluations per
-run (each step takes several stages): benchmarks/flow.py counts 2600-3600 at the
-paper's size (h = 100, alpha 1e-2 to 1e2, rtol 1e-3, deflation on), against 4700-23700
-Euler steps (benchmarks/README.md). Jobs that request GPUs (``gpu=`` in their
-resources: only the steps that compute on the device) report GPU hours divided by
+steps is not known before a run (it depends strongly on alpha): ``DEFAULT_STEPS`` per
+unit key or method (for rkc the medians of config/paper-lite.yaml's runs), the calibration run's medians with
+``--calibrate``, or ``--steps N`` for every run, all capped at ``flow.max_steps``, is an
+assumption; ``max_wall`` gives an upper bound per run. At the paper's size rkc's runs
+take 190-1140 accepted steps (2600-3600 gradient evaluations at rtol 1e-3,
+benchmarks/flow.py) against 4700-23700 Euler steps. Jobs that request GPUs (``gpu=`` in
+their resources: only the steps that compute on the device) report GPU hours divided by
 ``--gpu-speedup`` (default 1: measure one train job with ``--device cuda`` against
 ``--device cpu`` and pass the ratio).
 """
@@ -51,9 +56,12 @@ ROOT = PACKAGE_DIR.parents[1]  # the repository: Snakefile, workflow/, config/
 OVERHEAD = 3.0
 # seconds per unit of work on one CPU thread (float64), measured at paper sizes (d=30,
 # L=3, 700/1400 points, h=100 and 300) on a shared 2-core x86 VM (torch 2.13 CPU, load
-# ~2 per core, so an idle core is up to ~2x faster); train includes ~20% for rejected steps
-UNIT = {"train": 1.2e-9, "kernel_train": 2.5e-9, "ntk": 3.0e-10}
-DEFAULT_STEPS = 100_000
+# ~2 per core, so an idle core is up to ~2x faster); train includes ~20% for rejected
+# steps. rkc, per accepted step, and its DEFAULT_STEPS: --calibrate on a from-scratch run of
+# config/paper-lite.yaml (2 jobs on 2 idle cores; rtol 1e-3; median steps per run)
+UNIT = {"train": 1.2e-9, "kernel_train": 2.5e-9, "ntk": 3.0e-10, "train:rkc": 1.5e-9, "kernel_train:rkc": 2.5e-8}
+# accepted steps per run assumed: per unit key (kind:method), else per flow.method
+DEFAULT_STEPS = {"euler": 100_000, "train:rkc": 700, "kernel_train:rkc": 300}
 
 
 @dataclass
@@ -123,9 +131,31 @@ def _max_wall(params: dict | None) -> float:
     return float((params or {}).get("flow", {}).get("max_wall", math.inf))
 
 
-def job_seconds(job: DryJob, steps: int = DEFAULT_STEPS, unit: dict[str, float] = UNIT,
+def _method(params: dict | None) -> str:
+    return (params or {}).get("flow", {}).get("method", "euler")
+
+
+def unit_key(kind: str, params: dict | None, unit: dict[str, float]) -> str:
+    """The key of ``unit`` that prices a job of this kind: its method's own where there is one."""
+    own = f"{kind}:{_method(params)}"
+    return own if own in unit else kind
+
+
+def assumed_steps(steps: int | dict[str, int] | None) -> int | dict[str, int]:
+    """``--steps N`` (every run), else ``DEFAULT_STEPS`` updated by ``steps`` (e.g. calibrated medians)."""
+    return steps if isinstance(steps, int) else {**DEFAULT_STEPS, **(steps or {})}
+
+
+def steps_for(steps: int | dict[str, int] | None, key: str, params: dict | None) -> int:
+    """The steps assumed for a run priced by unit ``key``: per key, else per flow.method."""
+    s = assumed_steps(steps)
+    return s if isinstance(s, int) else s.get(key, s.get(_method(params), DEFAULT_STEPS["euler"]))
+
+
+def job_seconds(job: DryJob, steps: int | dict[str, int] | None = None, unit: dict[str, float] = UNIT,
                 overhead: float = OVERHEAD) -> float:
-    """Estimated seconds of one job on one CPU thread (module doc), capped by max_wall."""
+    """Estimated seconds of one job on one CPU thread (module doc), capped by max_wall.
+    ``steps``: per run, or per :func:`unit_key` or flow.method (default ``DEFAULT_STEPS``)."""
     from memgen.families import steps as declared
 
     step = declared().get(job.rule)
@@ -133,13 +163,14 @@ def job_seconds(job: DryJob, steps: int = DEFAULT_STEPS, unit: dict[str, float] 
         return overhead
     cost = step.cost
     if cost.work is not None:
-        secs = overhead + unit.get(cost.kind, 0.0) * cost.work(job.params, steps)
+        key = unit_key(cost.kind, job.params, unit)
+        secs = overhead + unit.get(key, 0.0) * cost.work(job.params, steps_for(steps, key, job.params))
     else:
         secs = unit.get(job.rule, cost.seconds if cost.seconds is not None else overhead)
     return min(secs, overhead + _max_wall(job.params))
 
 
-def costs(jobs: list[DryJob], steps: int = DEFAULT_STEPS, unit: dict[str, float] = UNIT,
+def costs(jobs: list[DryJob], steps: int | dict[str, int] | None = None, unit: dict[str, float] = UNIT,
           overhead: float = OVERHEAD) -> list[RuleCost]:
     """Per rule: each job's seconds, its GPUs and threads, the max_wall bound."""
     from memgen.families import registry
@@ -176,12 +207,13 @@ def _steps_taken(path: Path) -> int | None:
         return int(f["trajectory/step"][-1]) if "trajectory/step" in f else None
 
 
-def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str, int]]:
-    """(UNIT, OVERHEAD, samples used per kind / rule) fitted to the benchmarks under
-    ``root`` (module doc). OVERHEAD: the median time of the quickest quarter of the jobs;
-    UNIT[kind]: the median of (seconds - OVERHEAD) / work over that kind's jobs that took
-    more than 2 OVERHEAD; steps with a fixed cost: the mean seconds of their jobs.
-    Kinds and steps without usable samples keep the reference value."""
+def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str, int], dict[str, int]]:
+    """(UNIT, OVERHEAD, samples used per unit key / rule, median steps per unit key)
+    fitted to the benchmarks under ``root`` (module doc). OVERHEAD: the median time of the
+    quickest quarter of the jobs; UNIT[key] (:func:`unit_key`: kind, or kind:method): the
+    median of (seconds - OVERHEAD) / work over its jobs that took more than 2 OVERHEAD;
+    steps with a fixed cost: the mean seconds of their jobs. Keys and steps without usable
+    samples keep the reference value."""
     import json
 
     from memgen import h5io
@@ -189,6 +221,7 @@ def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str
 
     samples: dict[str, list[tuple[float, float]]] = {}
     fixed: dict[str, list[float]] = {}
+    taken: dict[str, list[int]] = {}
     for step in declared().values():
         folder = root / "logs" / "benchmark" / step.family / step.name
         tsvs = sorted(folder.glob("*.tsv")) if step.wildcards else [folder.with_suffix(".tsv")]
@@ -201,8 +234,11 @@ def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str
                     continue
                 out = root / step.path(wc)
                 params = json.loads(h5io.attrs_of(out)["params"])
-                work = step.cost.work(params, _steps_taken(out) or DEFAULT_STEPS)
-                samples.setdefault(step.cost.kind, []).append((secs, work))
+                key, n = unit_key(step.cost.kind, params, UNIT), _steps_taken(out)
+                if n is not None:
+                    taken.setdefault(key, []).append(n)
+                work = step.cost.work(params, n if n is not None else steps_for(None, key, params))
+                samples.setdefault(key, []).append((secs, work))
             except Exception:  # a file of another layout, or no output: skip it
                 continue
     everything = sorted([s for pairs in samples.values() for s, _ in pairs] + [s for v in fixed.values() for s in v])
@@ -214,17 +250,19 @@ def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str
             unit[kind], used[kind] = statistics.median(fits), len(fits)
     for rule, secs in fixed.items():
         unit[rule], used[rule] = statistics.mean(secs), len(secs)
-    return unit, overhead, used
+    return unit, overhead, used, {m: int(statistics.median(v)) for m, v in taken.items()}
 
 
 # ---------------------------------------------------------------- report
 
 
-def report(rules: list[RuleCost], *, name: str = "", steps: int = DEFAULT_STEPS,
+def report(rules: list[RuleCost], *, name: str = "", steps: int | dict[str, int] | None = None,
            gpu_speedup: float = 1.0) -> str:
     total = sum(r.count for r in rules)
-    lines = [f"{name or 'config'}: {total} jobs (Snakemake's dry run); assumed {steps:g} gradient-flow steps "
-             "per run (capped at flow.max_steps)"]
+    steps = assumed_steps(steps)
+    assumed = f"{steps:g}" if isinstance(steps, int) else ", ".join(f"{m} {n:g}" for m, n in steps.items())
+    lines = [f"{name or 'config'}: {total} jobs (Snakemake's dry run); assumed accepted gradient-flow steps "
+             f"per run: {assumed} (capped at flow.max_steps)"]
     w = max([16] + [len(r.rule) + 2 for r in rules])
     head = f"{'rule':<{w}}{'jobs':>7}  {'runs on':<10}{'s/job (mean)':>14}{'hours':>12}{'max hours':>12}"
     lines += [head, "-" * len(head)]
@@ -255,12 +293,14 @@ def report(rules: list[RuleCost], *, name: str = "", steps: int = DEFAULT_STEPS,
 
 def main(args) -> str:
     """The ``plan`` command (memgen.cli)."""
-    unit, overhead = UNIT, OVERHEAD
+    unit, overhead, steps = UNIT, OVERHEAD, args.steps
     lines = []
     if args.calibrate:
-        unit, overhead, used = calibrate(Path(args.calibrate))
-        lines.append(f"calibrated from {args.calibrate}: overhead {overhead:.3g} s, samples {used or 'none'}")
+        unit, overhead, used, taken = calibrate(Path(args.calibrate))
+        lines.append(f"calibrated from {args.calibrate}: overhead {overhead:.3g} s, samples {used or 'none'}, "
+                     f"median steps per run {taken or 'none'}")
+        steps = taken if steps is None else steps
     jobs = parse_dry_run(dry_run([args.configfile]))
-    rules = costs(jobs, args.steps, unit, overhead)
-    lines.append(report(rules, name=args.configfile, steps=args.steps, gpu_speedup=args.gpu_speedup))
+    rules = costs(jobs, steps, unit, overhead)
+    lines.append(report(rules, name=args.configfile, steps=steps, gpu_speedup=args.gpu_speedup))
     return "\n".join(lines)
