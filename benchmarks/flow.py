@@ -325,5 +325,6 @@ def report(rows: list, how: str, torch_version: str) -> None:
                  for v, (n, m) in ((v, b or (None, None)) for v, b in at_seed_accuracy(r).items())]
         print(f"{r['size']:>7} {r['alpha']:>5g} (seed {s['traj_err']:.1e} / {s['t_fit_err']:.1e}): " + "; ".join(cells))
 
+
 if __name__ == "__main__":
     main()
