@@ -288,6 +288,11 @@ def main(argv=None):
     seed.write_results(args.out, "benchmarks/flow.py", argv, rows)
 
 
+def as_accurate(m: dict, seed: dict) -> bool:
+    """The issue's equal accuracy: trajectory and t_fit errors both at most the seed loop's."""
+    return m["traj_err"] <= seed["traj_err"] and m["t_fit_err"] <= seed["t_fit_err"]
+
+
 def at_seed_accuracy(row: dict) -> dict:
     """Per rkc variant (rkc, rkc-plain, rkc-f32): the fastest of its rtols whose trajectory
     and t_fit errors are both at most the seed loop's, or None."""
@@ -297,9 +302,8 @@ def at_seed_accuracy(row: dict) -> dict:
         if not n.startswith("rkc"):
             continue
         variant = n.split()[0]
-        ok = m["traj_err"] <= s["traj_err"] and m["t_fit_err"] <= s["t_fit_err"]
         best.setdefault(variant, None)
-        if ok and (best[variant] is None or m["vs_seed"] > best[variant][1]["vs_seed"]):
+        if as_accurate(m, s) and (best[variant] is None or m["vs_seed"] > best[variant][1]["vs_seed"]):
             best[variant] = (n, m)
     return best
 

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flow as B  # noqa: E402
 
+
 def measure(size: str, alpha: float, rtol: float) -> str:
     data, net, _, _, cfg = B.problem_for(size, alpha, 0.0)
     path, results = B.reference_path(size, alpha, cfg.tau), B.RESULTS / "flow.json"
@@ -54,7 +55,7 @@ def measure(size: str, alpha: float, rtol: float) -> str:
     traj, t_fit = err(np.isin(dense["t"][keep], sparse["t"])).values()
     dense_err = err(slice(None))["traj_err"]
     s_traj, s_fit, s_evals = seed["traj_err"], seed["t_fit_err"], seed["evals"]
-    ok = "OK" if traj <= s_traj and t_fit <= s_fit else "--"
+    ok = "OK" if B.as_accurate({"traj_err": traj, "t_fit_err": t_fit}, seed) else "--"
     return (f"{size} alpha={alpha:g} rtol={rtol:g}: evals={sparse['evals']} (seed/rkc {s_evals / sparse['evals']:.2f}) "
             f"traj={traj:.2e} dense={dense_err:.2e} t_fit={t_fit:.2e} (seed {s_traj:.1e} / {s_fit:.1e}) {ok}")
 

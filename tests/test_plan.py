@@ -23,7 +23,7 @@ def _train(method: str, **kw) -> plan.DryJob:
 
 def test_each_method_is_priced_per_its_own_step_and_assumed_steps():
     rkc = plan.OVERHEAD + plan.UNIT["train:rkc"] * plan.DEFAULT_STEPS["train:rkc"] * WEIGHTS * N_TRAIN
-    euler = plan.OVERHEAD + plan.UNIT["train"] * plan.DEFAULT_STEPS["euler"] * WEIGHTS * N_TRAIN
+    euler = plan.OVERHEAD + plan.UNIT["train"] * plan.DEFAULT_STEPS["train"] * WEIGHTS * N_TRAIN
     assert plan.job_seconds(_train("rkc")) == pytest.approx(rkc, rel=1e-12)
     assert plan.job_seconds(_train("euler")) == pytest.approx(euler, rel=1e-12)
     # --steps N: N accepted steps of either method; flow.max_steps caps them

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", required=True)
     p.add_argument("--steps", type=int, default=None,
                    help="accepted gradient-flow steps assumed per run, for every flow.method (default: "
-                        "memgen.plan.DEFAULT_STEPS per method, or the --calibrate run's medians)")
+                        "memgen.plan.DEFAULT_STEPS per kind and method, or the --calibrate run's medians)")
     p.add_argument("--gpu-speedup", type=float, default=1.0,
                    help="speed of a device job on its GPU relative to one CPU thread (measure it)")
     p.add_argument("--calibrate", metavar="DIR", default=None,

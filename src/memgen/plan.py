@@ -25,7 +25,7 @@ start, imports, I/O) were measured on the 2-core x86 VM this project is develope
 happened (``DIR/logs/benchmark/FAMILY/STEP/POINT.tsv`` paired with the step's output at
 that point, which gives the params and the steps taken). The number of gradient-flow
 steps is not known before a run (it depends strongly on alpha): ``DEFAULT_STEPS`` per
-unit key or method (for rkc the medians of config/paper-lite.yaml's runs), the calibration run's medians with
+unit key (for rkc the medians of config/paper-lite.yaml's runs), the calibration run's medians with
 ``--calibrate``, or ``--steps N`` for every run, all capped at ``flow.max_steps``, is an
 assumption; ``max_wall`` gives an upper bound per run. At the paper's size rkc's runs
 take 190-1140 accepted steps (2600-3600 gradient evaluations at rtol 1e-3,
@@ -60,8 +60,8 @@ OVERHEAD = 3.0
 # steps. rkc, per accepted step, and its DEFAULT_STEPS: --calibrate on a from-scratch run of
 # config/paper-lite.yaml (2 jobs on 2 idle cores; rtol 1e-3; median steps per run)
 UNIT = {"train": 1.2e-9, "kernel_train": 2.5e-9, "ntk": 3.0e-10, "train:rkc": 1.5e-9, "kernel_train:rkc": 2.5e-8}
-# accepted steps per run assumed: per unit key (kind:method), else per flow.method
-DEFAULT_STEPS = {"euler": 100_000, "train:rkc": 700, "kernel_train:rkc": 300}
+# accepted steps per run assumed, per unit key (unit_key: kind, or kind:method)
+DEFAULT_STEPS = {"train": 100_000, "kernel_train": 100_000, "train:rkc": 700, "kernel_train:rkc": 300}
 
 
 @dataclass
@@ -132,7 +132,9 @@ def _max_wall(params: dict | None) -> float:
 
 
 def _method(params: dict | None) -> str:
-    return (params or {}).get("flow", {}).get("method", "euler")
+    from memgen.training import FlowConfig
+
+    return (params or {}).get("flow", {}).get("method", FlowConfig.method)
 
 
 def unit_key(kind: str, params: dict | None, unit: dict[str, float]) -> str:
@@ -146,16 +148,17 @@ def assumed_steps(steps: int | dict[str, int] | None) -> int | dict[str, int]:
     return steps if isinstance(steps, int) else {**DEFAULT_STEPS, **(steps or {})}
 
 
-def steps_for(steps: int | dict[str, int] | None, key: str, params: dict | None) -> int:
-    """The steps assumed for a run priced by unit ``key``: per key, else per flow.method."""
+def steps_for(steps: int | dict[str, int] | None, key: str) -> int:
+    """The steps assumed for a run priced by unit ``key`` (0 for a kind whose work does not
+    count steps: the NTK)."""
     s = assumed_steps(steps)
-    return s if isinstance(s, int) else s.get(key, s.get(_method(params), DEFAULT_STEPS["euler"]))
+    return s if isinstance(s, int) else s.get(key, 0)
 
 
 def job_seconds(job: DryJob, steps: int | dict[str, int] | None = None, unit: dict[str, float] = UNIT,
                 overhead: float = OVERHEAD) -> float:
     """Estimated seconds of one job on one CPU thread (module doc), capped by max_wall.
-    ``steps``: per run, or per :func:`unit_key` or flow.method (default ``DEFAULT_STEPS``)."""
+    ``steps``: per run, or per :func:`unit_key` (default ``DEFAULT_STEPS``)."""
     from memgen.families import steps as declared
 
     step = declared().get(job.rule)
@@ -164,7 +167,7 @@ def job_seconds(job: DryJob, steps: int | dict[str, int] | None = None, unit: di
     cost = step.cost
     if cost.work is not None:
         key = unit_key(cost.kind, job.params, unit)
-        secs = overhead + unit.get(key, 0.0) * cost.work(job.params, steps_for(steps, key, job.params))
+        secs = overhead + unit.get(key, 0.0) * cost.work(job.params, steps_for(steps, key))
     else:
         secs = unit.get(job.rule, cost.seconds if cost.seconds is not None else overhead)
     return min(secs, overhead + _max_wall(job.params))
@@ -237,7 +240,7 @@ def calibrate(root: Path = Path(".")) -> tuple[dict[str, float], float, dict[str
                 key, n = unit_key(step.cost.kind, params, UNIT), _steps_taken(out)
                 if n is not None:
                     taken.setdefault(key, []).append(n)
-                work = step.cost.work(params, n if n is not None else steps_for(None, key, params))
+                work = step.cost.work(params, n if n is not None else steps_for(None, key))
                 samples.setdefault(key, []).append((secs, work))
             except Exception:  # a file of another layout, or no output: skip it
                 continue
