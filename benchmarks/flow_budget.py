@@ -1,0 +1,200 @@
+"""Where the gradient evaluations of ``flow.method: rkc`` go, and what a 10x over the seed
+loop would need (issue 16; the wall times and errors themselves are flow.py's).
+
+    python benchmarks/flow_budget.py [--sizes default paper] [--alphas 1e-2 1 1e2]
+                                     [--rtol R] [--repeats 2] [--threads 1]
+
+For each size and alpha (flow.py's problems), one rkc run at the rtol flow.py found
+fastest at the seed loop's accuracy (read from benchmarks/results/flow.json; ``--rtol``
+overrides, and is needed without that file), then:
+
+- evaluations by purpose: the stages of accepted steps, the stages of rejected trial
+  steps, the spectral radius estimates, and the rest (records at checkpoints, the start);
+- accepted steps by stage count, and the share of stage evaluations in steps with at
+  most 3 stages with their median h rho (rho: the radius the step was planned with). A
+  step planned with 2-3 stages at h rho of order 1 is set by accuracy at the flow's own
+  fastest time scale: no stabilization makes it longer, and an explicit method of higher
+  order is stable only to h rho ~ 3 (classical RK4 2.8, DOP5 3.3) with 4-6 evaluations;
+- the cost of one evaluation: the wall time per evaluation of the seed loop and of rkc
+  (both runs timed in this process, ``--repeats`` interleaved, medians), and one
+  ``prepare`` (forward and gradient) against the time its matrix products take at the
+  rate this machine reaches on the largest of them (torch's FlopCounterMode counts the
+  FLOPs; "of peak" = FLOPs / rate / time);
+- "10x needs": the most evaluations rkc could spend for 10x the seed loop's speed at
+  today's cost per evaluation, seed evaluations x (seed cost / rkc cost) / 10.
+
+Results: stdout and benchmarks/results/flow_budget.json. Monkeypatches
+``memgen.chebyshev``'s step and estimate functions to label the evaluations; the
+integration itself is unchanged (the same steps as flow.py's run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import statistics
+import sys
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flow as B  # noqa: E402
+
+from memgen import chebyshev, rkc_run, training  # noqa: E402
+from memgen.training import FlowConfig  # noqa: E402
+
+
+@contextlib.contextmanager
+def labelled(problem, counts: collections.Counter, log: list):
+    """Count ``problem.prepare`` calls under the purpose running them; log accepted steps."""
+    purpose = ["other"]
+    saved = {n: getattr(chebyshev, n) for n in ("step_once", "step_deflated", "estimate", "rkc_flow")}
+
+    def under(label, fn):
+        def call(*a, **k):
+            old, purpose[0] = purpose[0], label
+            try:
+                return fn(*a, **k)
+            finally:
+                purpose[0] = old
+        return call
+
+    plan, planned = chebyshev.Memory.plan, [None]
+
+    def planning(memory, h):  # the last plan before a yield is the accepted step's
+        h_p, s, deflated = plan(memory, h)
+        planned[0] = (s, h_p * (memory.rho_e if deflated else memory.rho))
+        return h_p, s, deflated
+
+    def flow(*a, **k):
+        for st in saved["rkc_flow"](*a, **k):
+            log.append(planned[0])
+            yield st
+
+    prepare = problem.prepare
+
+    def counted(state):
+        counts[purpose[0]] += 1
+        return prepare(state)
+
+    problem.prepare = counted
+    chebyshev.step_once = under("stage", saved["step_once"])
+    chebyshev.step_deflated = under("stage", saved["step_deflated"])
+    chebyshev.estimate = under("spectral", saved["estimate"])
+    chebyshev.Memory.plan = planning
+    rkc_run.rkc_flow = flow
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(chebyshev, n, f)
+        rkc_run.rkc_flow = saved["rkc_flow"]
+        chebyshev.Memory.plan = plan
+
+
+def best_rtol(size: str, alpha: float) -> float | None:
+    path = B.RESULTS / "flow.json"
+    if not path.exists():
+        return None
+    for r in json.loads(path.read_text())["rows"]:
+        if (r["size"], r["alpha"]) == (size, alpha):
+            best = B.at_seed_accuracy(r).get("rkc")
+            return float(best[0].split()[1]) if best else None
+    return None
+
+
+def eval_cost(problem, state, n: int = 30) -> dict:
+    """Median time of one prepare, its FLOPs and the machine's rate on its largest product."""
+    problem.prepare(state)
+    times = []
+    for _ in range(n):
+        t0 = perf_counter()
+        problem.prepare(state)
+        times.append(perf_counter() - t0)
+    with FlopCounterMode(display=False) as fc:
+        problem.prepare(state)
+    flops = fc.get_total_flops()
+    n_rows = problem.x.shape[0]
+    widest = max((W.shape for W, _ in problem.model.views(problem.w0)), key=lambda s: s[0] * s[1])
+    a = torch.randn(n_rows, widest[1], dtype=problem.w0.dtype)
+    b = torch.randn(widest[1], widest[0], dtype=problem.w0.dtype)
+    torch.mm(a, b)
+    t0, reps = perf_counter(), 50
+    for _ in range(reps):
+        torch.mm(a, b)
+    rate = 2 * n_rows * widest[0] * widest[1] * reps / (perf_counter() - t0)
+    t = statistics.median(times)
+    return dict(prepare_s=t, flops=flops, rate=rate, of_peak=flops / rate / t)
+
+
+def budget(size: str, alpha: float, rtol: float, repeats: int) -> dict:
+    data, net, seed_fc, seed_loss, cfg = B.problem_for(size, alpha, 0.0)
+    rk = FlowConfig(**{**cfg.__dict__, "method": "rkc", "rtol": rtol})
+    seed_cost, rkc_cost = [], []
+    for r in range(repeats):
+        for name in (("seed", "rkc") if r % 2 == 0 else ("rkc", "seed")):
+            res = B.run_seed(seed_fc, seed_loss, data, cfg) if name == "seed" else B.run_memgen(net, data, rk)
+            (seed_cost if name == "seed" else rkc_cost).append(res["wall"] / res["evals"])
+            if name == "seed":
+                seed_evals = res["evals"]
+    problem = B.network_problem(net, data, rk)
+    counts, log = collections.Counter(), []
+    with labelled(problem, counts, log):
+        res = training.run(problem, rk, data.y_test)
+    stages = np.array([s for s, _ in log])
+    hrho = np.array([x for _, x in log])
+    few = stages <= 3
+    evals = sum(counts.values())
+    stage_accepted = int(stages.sum())
+    c_seed, c_rkc = statistics.median(seed_cost), statistics.median(rkc_cost)
+    return dict(size=size, alpha=alpha, rtol=rtol, evals=evals, steps=len(log), seed_evals=seed_evals,
+                accepted=stage_accepted, rejected=counts["stage"] - stage_accepted, spectral=counts["spectral"],
+                other=counts["other"], by_stages=dict(sorted(collections.Counter(stages.tolist()).items())),
+                few_share=float(stages[few].sum() / stage_accepted), few_hrho=float(np.median(hrho[few])),
+                seed_cost_s=c_seed, rkc_cost_s=c_rkc, speedup=seed_evals * c_seed / (evals * c_rkc),
+                evals_for_10x=seed_evals * c_seed / (10 * c_rkc), converged=bool(res.status["converged"]),
+                **eval_cost(problem, problem.initial_state()))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", choices=list(B.SIZES), default=["default", "paper"])
+    p.add_argument("--alphas", type=float, nargs="+", default=[1e-2, 1.0, 1e2])
+    p.add_argument("--rtol", type=float, default=None, help="flow.rtol of every rkc run (default: flow.py's best)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=B.RESULTS / "flow_budget.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for size in args.sizes:
+        for alpha in args.alphas:
+            rtol = args.rtol if args.rtol is not None else best_rtol(size, alpha)
+            if rtol is None:
+                raise SystemExit(f"--rtol: no flow.py result at the seed loop's accuracy for size {size}, alpha "
+                                 f"{alpha:g} in {B.RESULTS / 'flow.json'}; run benchmarks/flow.py or pass --rtol")
+            rows.append(budget(size, alpha, rtol, args.repeats))
+            print(f"  done {size} alpha={alpha:g}", file=sys.stderr, flush=True)
+    print(f"{args.threads} thread(s), {args.repeats} interleaved repeats; evaluations by purpose, stage counts, "
+          f"cost per evaluation (seed / rkc), prepare at the start vs the matmul rate")
+    for r in rows:
+        print(f"{r['size']:>7} alpha={r['alpha']:<5g} rtol={r['rtol']:g}: {r['evals']} evals = {r['accepted']} "
+              f"accepted stages + {r['rejected']} rejected + {r['spectral']} spectral + {r['other']} other; "
+              f"{r['steps']} steps, stages {r['by_stages']}")
+        print(f"{'':>15} {100 * r['few_share']:.0f}% of accepted stage evals in steps of <= 3 stages (median h rho "
+              f"{r['few_hrho']:.2f}); cost/eval seed {1e6 * r['seed_cost_s']:.0f} us, rkc {1e6 * r['rkc_cost_s']:.0f} "
+              f"us ({r['seed_cost_s'] / r['rkc_cost_s']:.2f}x); prepare {1e6 * r['prepare_s']:.0f} us, "
+              f"{r['flops'] / 1e6:.1f} MFLOP, {100 * r['of_peak']:.0f}% of {r['rate'] / 1e9:.1f} GFLOP/s")
+        print(f"{'':>15} speed-up here {r['speedup']:.2f}x; 10x needs <= {r['evals_for_10x']:.0f} evals "
+              f"({r['evals_for_10x'] / r['evals']:.2f} of today's)")
+    B.seed.write_results(args.out, "benchmarks/flow_budget.py", argv, rows)
+
+
+if __name__ == "__main__":
+    main()
