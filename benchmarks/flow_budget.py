@@ -23,9 +23,10 @@ overrides, and is needed without that file), then:
 - "10x needs": the most evaluations rkc could spend for 10x the seed loop's speed at
   today's cost per evaluation, seed evaluations x (seed cost / rkc cost) / 10.
 
-Results: stdout and benchmarks/results/flow_budget.json. Monkeypatches
-``memgen.chebyshev``'s step and estimate functions to label the evaluations; the
-integration itself is unchanged (the same steps as flow.py's run).
+Results: stdout and benchmarks/results/flow_budget.json. To label the evaluations and
+log the steps it wraps ``memgen.chebyshev``'s ``step_once``, ``step_deflated``,
+``estimate`` and ``Memory.plan`` and ``memgen.rkc_run``'s ``rkc_flow`` (restored after
+the run); the wrappers only count, so the steps are flow.py's.
 """
 
 from __future__ import annotations
