@@ -18,15 +18,17 @@ overrides, and is needed without that file), then:
 - the cost of one evaluation: the wall time per evaluation of the seed loop and of rkc
   (both runs timed in this process, ``--repeats`` interleaved, medians), and one
   ``prepare`` (forward and gradient) against the time its matrix products take at the
-  rate this machine reaches on the largest of them (torch's FlopCounterMode counts the
-  FLOPs; "of peak" = FLOPs / rate / time);
+  rate this machine reaches on the largest of them (best times, ntk.py's ``timed``;
+  torch's FlopCounterMode counts the FLOPs of the matrix products only; "of peak" =
+  FLOPs / rate / time);
 - "10x needs": the most evaluations rkc could spend for 10x the seed loop's speed at
   today's cost per evaluation, seed evaluations x (seed cost / rkc cost) / 10.
 
 Results: stdout and benchmarks/results/flow_budget.json. To label the evaluations and
 log the steps it wraps ``memgen.chebyshev``'s ``step_once``, ``step_deflated``,
-``estimate`` and ``Memory.plan`` and ``memgen.rkc_run``'s ``rkc_flow`` (restored after
-the run); the wrappers only count, so the steps are flow.py's.
+``estimate`` and ``Memory.plan`` and ``memgen.rkc_run``'s ``rkc_flow`` for that run
+(``mock.patch.object``); the wrappers only count, so the steps are flow.py's (checked:
+the same evaluations as the timed runs).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from time import perf_counter
+from unittest import mock
 
 import numpy as np
 import torch
@@ -46,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flow as B  # noqa: E402
+from ntk import timed  # noqa: E402
 
 from memgen import chebyshev, rkc_run, training  # noqa: E402
 from memgen.training import FlowConfig  # noqa: E402
@@ -53,9 +56,9 @@ from memgen.training import FlowConfig  # noqa: E402
 
 @contextlib.contextmanager
 def labelled(problem, counts: collections.Counter, log: list):
-    """Count ``problem.prepare`` calls under the purpose running them; log accepted steps."""
-    purpose = ["other"]
-    saved = {n: getattr(chebyshev, n) for n in ("step_once", "step_deflated", "estimate", "rkc_flow")}
+    """Count ``problem.prepare`` calls under the purpose running them; log (stages, h rho)
+    of each accepted step."""
+    purpose, planned = ["other"], [None]
 
     def under(label, fn):
         def call(*a, **k):
@@ -66,37 +69,28 @@ def labelled(problem, counts: collections.Counter, log: list):
                 purpose[0] = old
         return call
 
-    plan, planned = chebyshev.Memory.plan, [None]
-
-    def planning(memory, h):  # the last plan before a yield is the accepted step's
+    def planning(memory, h, plan=chebyshev.Memory.plan):  # the last plan before a yield is the accepted step's
         h_p, s, deflated = plan(memory, h)
         planned[0] = (s, h_p * (memory.rho_e if deflated else memory.rho))
         return h_p, s, deflated
 
-    def flow(*a, **k):
-        for st in saved["rkc_flow"](*a, **k):
+    def flow(*a, _flow=rkc_run.rkc_flow, **k):
+        for st in _flow(*a, **k):
             log.append(planned[0])
             yield st
 
-    prepare = problem.prepare
-
-    def counted(state):
+    def counted(state, prepare=problem.prepare):
         counts[purpose[0]] += 1
         return prepare(state)
 
-    problem.prepare = counted
-    chebyshev.step_once = under("stage", saved["step_once"])
-    chebyshev.step_deflated = under("stage", saved["step_deflated"])
-    chebyshev.estimate = under("spectral", saved["estimate"])
-    chebyshev.Memory.plan = planning
-    rkc_run.rkc_flow = flow
-    try:
+    with contextlib.ExitStack() as stack:
+        for target, name, new in ((problem, "prepare", counted), (chebyshev.Memory, "plan", planning),
+                                  (rkc_run, "rkc_flow", flow),
+                                  *((chebyshev, n, under(label, getattr(chebyshev, n)))
+                                    for n, label in (("step_once", "stage"), ("step_deflated", "stage"),
+                                                     ("estimate", "spectral")))):
+            stack.enter_context(mock.patch.object(target, name, new))
         yield
-    finally:
-        for n, f in saved.items():
-            setattr(chebyshev, n, f)
-        rkc_run.rkc_flow = saved["rkc_flow"]
-        chebyshev.Memory.plan = plan
 
 
 def best_rtol(size: str, alpha: float) -> float | None:
@@ -104,46 +98,35 @@ def best_rtol(size: str, alpha: float) -> float | None:
     if not path.exists():
         return None
     for r in json.loads(path.read_text())["rows"]:
-        if (r["size"], r["alpha"]) == (size, alpha):
+        if (r["size"], r["alpha"], r["tau"]) == (size, alpha, 0.0):
             best = B.at_seed_accuracy(r).get("rkc")
             return float(best[0].split()[1]) if best else None
     return None
 
 
 def eval_cost(problem, state, n: int = 30) -> dict:
-    """Median time of one prepare, its FLOPs and the machine's rate on its largest product."""
-    problem.prepare(state)
-    times = []
-    for _ in range(n):
-        t0 = perf_counter()
-        problem.prepare(state)
-        times.append(perf_counter() - t0)
+    """Best time of one prepare (of n), its FLOPs and the machine's rate on its largest product."""
+    _, t = timed(lambda: problem.prepare(state), n)
     with FlopCounterMode(display=False) as fc:
         problem.prepare(state)
-    flops = fc.get_total_flops()
-    n_rows = problem.x.shape[0]
-    widest = max((W.shape for W, _ in problem.model.views(problem.w0)), key=lambda s: s[0] * s[1])
-    a = torch.randn(n_rows, widest[1], dtype=problem.w0.dtype)
-    b = torch.randn(widest[1], widest[0], dtype=problem.w0.dtype)
-    torch.mm(a, b)
-    t0, reps = perf_counter(), 50
-    for _ in range(reps):
-        torch.mm(a, b)
-    rate = 2 * n_rows * widest[0] * widest[1] * reps / (perf_counter() - t0)
-    t = statistics.median(times)
-    return dict(prepare_s=t, flops=flops, rate=rate, of_peak=flops / rate / t)
+    rows = problem.x.shape[0]
+    out, inner = max((W.shape for W, _ in problem.model.views(problem.w0)), key=lambda s: s[0] * s[1])
+    a, b = (torch.randn(m, k, dtype=problem.w0.dtype) for m, k in ((rows, inner), (inner, out)))
+    _, t_mm = timed(lambda: torch.mm(a, b), 50)
+    rate = 2 * rows * inner * out / t_mm
+    return dict(prepare_s=t, flops=fc.get_total_flops(), rate=rate, of_peak=fc.get_total_flops() / rate / t)
 
 
 def budget(size: str, alpha: float, rtol: float, repeats: int) -> dict:
     data, net, seed_fc, seed_loss, cfg = B.problem_for(size, alpha, 0.0)
     rk = FlowConfig(**{**cfg.__dict__, "method": "rkc", "rtol": rtol})
-    seed_cost, rkc_cost = [], []
+    runners = {"seed": lambda: B.run_seed(seed_fc, seed_loss, data, cfg), "rkc": lambda: B.run_memgen(net, data, rk)}
+    cost, evals_of = {"seed": [], "rkc": []}, {}
     for r in range(repeats):
         for name in (("seed", "rkc") if r % 2 == 0 else ("rkc", "seed")):
-            res = B.run_seed(seed_fc, seed_loss, data, cfg) if name == "seed" else B.run_memgen(net, data, rk)
-            (seed_cost if name == "seed" else rkc_cost).append(res["wall"] / res["evals"])
-            if name == "seed":
-                seed_evals = res["evals"]
+            res = runners[name]()
+            cost[name].append(res["wall"] / res["evals"])
+            evals_of[name] = res["evals"]
     problem = B.network_problem(net, data, rk)
     counts, log = collections.Counter(), []
     with labelled(problem, counts, log):
@@ -152,8 +135,10 @@ def budget(size: str, alpha: float, rtol: float, repeats: int) -> dict:
     hrho = np.array([x for _, x in log])
     few = stages <= 3
     evals = sum(counts.values())
+    assert evals == evals_of["rkc"], (evals, evals_of["rkc"])  # the wrappers change no step
     stage_accepted = int(stages.sum())
-    c_seed, c_rkc = statistics.median(seed_cost), statistics.median(rkc_cost)
+    c_seed, c_rkc = statistics.median(cost["seed"]), statistics.median(cost["rkc"])
+    seed_evals = evals_of["seed"]
     return dict(size=size, alpha=alpha, rtol=rtol, evals=evals, steps=len(log), seed_evals=seed_evals,
                 accepted=stage_accepted, rejected=counts["stage"] - stage_accepted, spectral=counts["spectral"],
                 other=counts["other"], by_stages=dict(sorted(collections.Counter(stages.tolist()).items())),
