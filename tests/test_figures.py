@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from memgen import MemgenError
+from memgen.families import registry
 from memgen.figures import draw, specs
 
 FIGURES = list(specs("time_scale"))
@@ -53,13 +56,14 @@ def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture
 def inputs(tmp_path):
     table, curves = synthetic()
-    from memgen.families.time_scale.summary import phase_table
+    from memgen.families.time_scale.summary import levels_table, phase_table
 
     paths = {"table": tmp_path / "time_scale.csv", "curves": tmp_path / "time_scale_curves.csv",
-             "phase": tmp_path / "time_scale_phase.csv"}
+             "phase": tmp_path / "time_scale_phase.csv", "levels": tmp_path / "time_scale_levels.csv"}
     table.to_csv(paths["table"], index=False)
     curves.to_csv(paths["curves"], index=False)
     phase_table(table).to_csv(paths["phase"], index=False)
+    levels_table(table).to_csv(paths["levels"], index=False)
     return paths
 
 
@@ -93,3 +97,11 @@ def test_unknown_name_and_family(inputs, tmp_path):
         draw("time_scale", "nope", inputs, [tmp_path / "f.pdf"], OPTIONS)
     with pytest.raises(MemgenError, match="unknown experiment family"):
         draw("nope", "loss_vs_time", inputs, [tmp_path / "f.pdf"], OPTIONS)
+
+
+def test_the_readme_names_every_figure():
+    """The README's figure lists are prose beside the registry: each declared figure of
+    each family must appear there by name."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [f"{fam}/{name}" for fam in registry() for name in specs(fam) if f"`{name}`" not in readme]
+    assert not missing, f"figures the README does not name: {missing}"

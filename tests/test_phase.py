@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from memgen import MemgenError
-from memgen.families.time_scale.summary import phase_table
+from memgen.families.time_scale.summary import CROSSOVER_LEVEL, LEVELS, levels_table, phase_table
 from memgen.figures import draw
 from memgen.scaling import crossing, power_law
 
@@ -83,12 +83,38 @@ def test_phase_table_finds_the_crossover_and_its_exponent():
     assert p["fit_points"].iloc[0] == 9
 
 
-@pytest.mark.parametrize("name", ["phase_diagram", "phase_collapse"])
+def test_levels_table_moves_the_crossover_with_the_level():
+    """Kernel change (alpha / alpha*)^-2: at level L the crossing is alpha* L^(-1/2),
+    exactly (log-log interpolation of a power law), so every level keeps the exponent."""
+    table = _synthetic()
+    levels = levels_table(table)
+    assert CROSSOVER_LEVEL in LEVELS and sorted(levels["level"].unique()) == sorted(LEVELS)
+    base = phase_table(table)
+    pd.testing.assert_frame_equal(levels[levels["level"] == CROSSOVER_LEVEL].reset_index(drop=True), base)
+    for level, g in levels.groupby("level"):
+        ratio = g["alpha_star"].to_numpy() / base["alpha_star"].to_numpy()
+        assert np.allclose(ratio, level ** -0.5, rtol=1e-12)
+        assert g["exponent"].iloc[0] == pytest.approx(base["exponent"].iloc[0], abs=1e-12)
+    # the widest curve steeper, (alpha / alpha*)^-4: it crosses level 10 at a larger alpha
+    # and level 0.1 at a smaller one (alpha* L^(-1/4)), so the exponent falls with the level
+    steeper = levels_table(table.assign(ntk_rel_change=np.where(table["h"] == 256, table["ntk_rel_change"] ** 2,
+                                                                table["ntk_rel_change"])))
+    by = steeper.set_index(["level", "h"])["alpha_star"]
+    ref = levels.set_index(["level", "h"])["alpha_star"]
+    assert by[(10.0, 256)] == pytest.approx(ref[(10.0, 256)] * 10 ** 0.25, rel=1e-12)
+    assert by[(0.1, 256)] == pytest.approx(ref[(0.1, 256)] * 10 ** -0.25, rel=1e-12)
+    assert by[(1.0, 256)] == pytest.approx(ref[(1.0, 256)], rel=1e-12)
+    a = steeper.groupby("level")["exponent"].first()
+    assert a[0.1] > a[1.0] > a[10.0]
+
+
+@pytest.mark.parametrize("name", ["phase_diagram", "phase_collapse", "crossover_levels"])
 def test_phase_figures_draw(name, tmp_path):
     table = _synthetic()
-    paths = {"table": tmp_path / "t.csv", "phase": tmp_path / "p.csv"}
+    paths = {"table": tmp_path / "t.csv", "phase": tmp_path / "p.csv", "levels": tmp_path / "l.csv"}
     table.to_csv(paths["table"], index=False)
     phase_table(table).to_csv(paths["phase"], index=False)
+    levels_table(table).to_csv(paths["levels"], index=False)
     out = tmp_path / f"{name}.png"
     draw("time_scale", name, paths, [out], {})
     assert out.stat().st_size > 5000

@@ -72,7 +72,7 @@ FROZEN = Step("ts_frozen", "steps:kernel_train", f"data/runs/time_scale_frozen/{
               attrs=RUN_ATTRS, device=True, heavy=True, cost=Cost("kernel_train", _kernel_train_work))
 SUMMARY = Step("ts_summary", "summary:summary",
                {"table": "data/summary/time_scale.csv", "curves": "data/summary/time_scale_curves.csv",
-                "phase": "data/summary/time_scale_phase.csv"},
+                "phase": "data/summary/time_scale_phase.csv", "levels": "data/summary/time_scale_levels.csv"},
                inputs={"runs": Each(TRAIN, P.points), "ntk_init": Each(NTK_INIT, P.points),
                        "ntk_final": Each(NTK_FINAL, P.points), "frozen": Each(FROZEN, P.frozen_points)})
 

@@ -275,3 +275,48 @@ def phase_collapse(table: pd.DataFrame, phase: pd.DataFrame, options: dict):
     if n:
         left.legend()
     return fig
+
+
+@figure(levels=["level", "h", "alpha_star", "alpha_star_min", "alpha_star_max", "exponent", "exponent_lo",
+                "exponent_hi", "prefactor"])
+def crossover_levels(levels: pd.DataFrame, options: dict):
+    """How the crossover depends on the level that defines it: left, alpha*(h) (article
+    convention, range over seeds) where the relative NTK change falls through each level,
+    with its fitted power law alpha* ~ h^(-a); right, the fitted exponent a with its 95%
+    interval vs the level, the paper's a = 1/2 dashed, the level of the phase diagram and
+    the scorecard dotted. Small levels sit deep in the lazy regime, large ones in the
+    feature regime."""
+    from memgen.families.time_scale.summary import CROSSOVER_LEVEL
+
+    fig, (left, right) = style.figure(ncols=2)
+    fits = []
+    for i, (level, g) in enumerate(levels.groupby("level")):
+        st = style.width_style(i)
+        ok = g[np.isfinite(g["alpha_star"])]
+        if len(ok):
+            err = np.vstack([ok["alpha_star"] - ok["alpha_star_min"], ok["alpha_star_max"] - ok["alpha_star"]])
+            left.errorbar(ok["h"], ok["alpha_star"], yerr=err, marker=st["marker"], color=st["color"], ls="none",
+                          mew=0.8, elinewidth=0.6, label=f"level {level:g}")
+        a, c = (float(g[k].iloc[0]) for k in ("exponent", "prefactor"))
+        if len(ok) and np.isfinite(a) and np.isfinite(c):
+            h = np.geomspace(float(ok["h"].min()), float(ok["h"].max()), 20)
+            left.plot(h, c * h ** (-a), "-", color=st["color"], lw=0.8)
+        fits.append((float(level), a, float(g["exponent_lo"].iloc[0]), float(g["exponent_hi"].iloc[0])))
+    _note_if_empty(left, sum(np.isfinite(levels["alpha_star"])), "crossing")
+    left.set(xscale="log", yscale="log", xlabel=r"width $h$", ylabel=r"$\alpha^*$ (article)")
+    widths = sorted(levels["h"].unique())
+    left.set_xticks(widths, [str(int(h)) for h in widths])
+    left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    fits = np.array([f for f in fits if np.isfinite(f[1])]).reshape(-1, 4)
+    if len(fits):
+        lo = np.where(np.isfinite(fits[:, 2]), fits[:, 1] - fits[:, 2], 0.0)
+        hi = np.where(np.isfinite(fits[:, 3]), fits[:, 3] - fits[:, 1], 0.0)
+        right.errorbar(fits[:, 0], fits[:, 1], yerr=np.vstack([lo, hi]), fmt="o", color="k", ms=3.5,
+                       elinewidth=0.8, label="fitted $a$ (95%)")
+        left.legend(fontsize=5.5)
+    _note_if_empty(right, len(fits), "fitted exponent")
+    right.axhline(0.5, ls="--", lw=0.8, color="0.3", label=r"paper: $a=1/2$")
+    right.axvline(CROSSOVER_LEVEL, ls=":", lw=0.8, color="0.4", label="phase diagram's level")
+    right.set(xscale="log", xlabel=r"level of $\|\Theta_T-\Theta_0\|/\|\Theta_0\|$", ylabel=r"exponent $a$")
+    right.legend(fontsize=5.5)
+    return fig

@@ -19,6 +19,9 @@ from memgen.families.time_scale.params import article_units
 from memgen.scaling import crossing, power_law
 
 CROSSOVER_LEVEL = 1.0  # alpha*: where ||Theta_T - Theta_0|| / ||Theta_0|| falls through 1
+# the levels table: alpha*(h) and its exponent at other levels too, from deep in the lazy
+# regime (0.1) into the feature one (10), so the fitted exponent's dependence on that choice shows
+LEVELS = tuple(sorted({0.1, 0.3, CROSSOVER_LEVEL, 3.0, 10.0}))
 
 RUN_KEYS = tuple(f"trajectory/{k}" for k in ("step", "t", "loss", "train_err", "test_err", "dnorm"))
 
@@ -90,11 +93,19 @@ def summary(job) -> None:
     job.write_csv("table", table)
     job.write_csv("curves", pd.concat(curves, ignore_index=True))
     job.write_csv("phase", phase_table(table))
+    job.write_csv("levels", levels_table(table))
 
 
-def phase_table(table: pd.DataFrame) -> pd.DataFrame:
+def levels_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`phase_table` at every level of LEVELS, one block of rows per level (column
+    ``level``): how alpha*(h) and the fitted exponent move with the level that defines
+    the crossover."""
+    return pd.concat([phase_table(table, level) for level in LEVELS], ignore_index=True)
+
+
+def phase_table(table: pd.DataFrame, level: float = CROSSOVER_LEVEL) -> pd.DataFrame:
     """The lazy/feature crossover per width: alpha* (article convention) where the
-    relative NTK change of each seed's runs falls through CROSSOVER_LEVEL, interpolated
+    relative NTK change of each seed's runs falls through ``level``, interpolated
     log-log in alpha (memgen.scaling.crossing; NaN when it does not cross inside the
     sweep), its geometric mean and range over seeds, sqrt(h) alpha*, and the power law
     alpha* ~ h^(-a) fitted to every (h, seed) crossing with a 95% interval on a (the same
@@ -102,7 +113,7 @@ def phase_table(table: pd.DataFrame) -> pd.DataFrame:
     stars = []
     for (h, seed), g in table[~table["diverged"]].groupby(["h", "seed"]):
         stars.append({"h": int(h), "seed": int(seed),
-                      "alpha_star": crossing(g["alpha_article"], g["ntk_rel_change"], CROSSOVER_LEVEL)})
+                      "alpha_star": crossing(g["alpha_article"], g["ntk_rel_change"], level)})
     stars = pd.DataFrame(stars, columns=["h", "seed", "alpha_star"])
     fit = power_law(stars["h"], stars["alpha_star"])
     rows = []
@@ -113,7 +124,7 @@ def phase_table(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({"h": int(h), "seeds": len(g), "crossed": len(a), "alpha_star": mean,
                      "alpha_star_min": float(a.min()) if len(a) else math.nan,
                      "alpha_star_max": float(a.max()) if len(a) else math.nan,
-                     "sqrt_h_alpha_star": math.sqrt(h) * mean, "level": CROSSOVER_LEVEL,
+                     "sqrt_h_alpha_star": math.sqrt(h) * mean, "level": level,
                      "exponent": fit.exponent, "exponent_lo": fit.exponent_lo, "exponent_hi": fit.exponent_hi,
                      "prefactor": fit.prefactor, "fit_points": fit.points})
     return pd.DataFrame(rows)
