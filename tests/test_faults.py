@@ -25,6 +25,7 @@ import pytest
 
 from conftest import config_block, run_step, step_params
 from memgen import h5io
+from memgen.families import step
 from memgen.losses import Loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -139,7 +140,7 @@ def sweep(tmp_path_factory):
     finally:
         mp.undo()
     assert calls["n"] > 40  # the poison did act
-    tables = {"table": d / "time_scale.csv", "curves": d / "time_scale_curves.csv", "phase": d / "phase.csv"}
+    tables = {name: d / Path(path).name for name, path in step("ts_summary").outputs.items()}
     assert run_step("ts_summary", {"runs": runs, "ntk_init": [ntk0] * len(runs), "ntk_final": finals, "frozen": []},
                     tables, {}) == 0
     return {"ts": ts, "runs": runs, "tables": tables, "dir": d}
@@ -262,7 +263,6 @@ def test_double_descent_two_layer_blowup_is_flagged_in_the_summary(tmp_path):
     assert np.isfinite(r["jac_sv_init"]).all() and np.isnan(r["jac_sv_final"]).all()
     assert not bool(h5io.attrs_of(runs[0])["diverged"])
     from memgen.declare import Job
-    from memgen.families import step
     from memgen.families.double_descent.summary import _two_layer
 
     job = Job(step("dd_summary"), {"two_layer": runs, "theory_two_layer": theories}, {}, {})
