@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from memgen import MemgenError
+from memgen.families.time_scale.summary import CROSSOVER_LEVEL
 from memgen.figures import figure, style
 
 SQRT_H_ALPHA = r"$\sqrt{h}\,\alpha$"
@@ -286,10 +287,7 @@ def crossover_levels(levels: pd.DataFrame, options: dict):
     interval vs the level, the paper's a = 1/2 dashed, the level of the phase diagram and
     the scorecard dotted. Small levels sit deep in the lazy regime, large ones in the
     feature regime."""
-    from memgen.families.time_scale.summary import CROSSOVER_LEVEL
-
     fig, (left, right) = style.figure(ncols=2)
-    fits = []
     for i, (level, g) in enumerate(levels.groupby("level")):
         st = style.width_style(i)
         ok = g[np.isfinite(g["alpha_star"])]
@@ -301,17 +299,16 @@ def crossover_levels(levels: pd.DataFrame, options: dict):
         if len(ok) and np.isfinite(a) and np.isfinite(c):
             h = np.geomspace(float(ok["h"].min()), float(ok["h"].max()), 20)
             left.plot(h, c * h ** (-a), "-", color=st["color"], lw=0.8)
-        fits.append((float(level), a, float(g["exponent_lo"].iloc[0]), float(g["exponent_hi"].iloc[0])))
     _note_if_empty(left, sum(np.isfinite(levels["alpha_star"])), "crossing")
     left.set(xscale="log", yscale="log", xlabel=r"width $h$", ylabel=r"$\alpha^*$ (article)")
     widths = sorted(levels["h"].unique())
     left.set_xticks(widths, [str(int(h)) for h in widths])
     left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    fits = np.array([f for f in fits if np.isfinite(f[1])]).reshape(-1, 4)
+    # one fit per level (the same on each of its rows); no interval (too few points) draws no bar
+    fits = levels.groupby("level")[["exponent", "exponent_lo", "exponent_hi"]].first().dropna(subset=["exponent"])
     if len(fits):
-        lo = np.where(np.isfinite(fits[:, 2]), fits[:, 1] - fits[:, 2], 0.0)
-        hi = np.where(np.isfinite(fits[:, 3]), fits[:, 3] - fits[:, 1], 0.0)
-        right.errorbar(fits[:, 0], fits[:, 1], yerr=np.vstack([lo, hi]), fmt="o", color="k", ms=3.5,
+        err = np.vstack([fits["exponent"] - fits["exponent_lo"], fits["exponent_hi"] - fits["exponent"]])
+        right.errorbar(fits.index, fits["exponent"], yerr=np.nan_to_num(err), fmt="o", color="k", ms=3.5,
                        elinewidth=0.8, label="fitted $a$ (95%)")
         left.legend(fontsize=5.5)
     _note_if_empty(right, len(fits), "fitted exponent")

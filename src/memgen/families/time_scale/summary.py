@@ -92,8 +92,9 @@ def summary(job) -> None:
     table = pd.DataFrame(rows).sort_values(["h", "seed", "alpha"]).reset_index(drop=True)
     job.write_csv("table", table)
     job.write_csv("curves", pd.concat(curves, ignore_index=True))
-    job.write_csv("phase", phase_table(table))
-    job.write_csv("levels", levels_table(table))
+    levels = levels_table(table)
+    job.write_csv("phase", levels[levels["level"] == CROSSOVER_LEVEL].reset_index(drop=True))
+    job.write_csv("levels", levels)
 
 
 def levels_table(table: pd.DataFrame) -> pd.DataFrame:
