@@ -22,7 +22,15 @@ overrides, and is needed without that file), then:
   torch's FlopCounterMode counts the FLOPs of the matrix products only; "of peak" =
   FLOPs / rate / time);
 - "10x needs": the most evaluations rkc could spend for 10x the seed loop's speed at
-  today's cost per evaluation, seed evaluations x (seed cost / rkc cost) / 10.
+  today's cost per evaluation, seed evaluations x (seed cost / rkc cost) / 10;
+- when: the accepted stage evaluations by the time t / t_fit at the end of their step
+  (bands up to 0.3, 0.6, 0.9, 1), each band's share and median h rho: where the
+  evaluations go, and whether steps there are set by accuracy at the flow's fastest time
+  scale (h rho of order 1) or stabilized (h rho >> 1);
+- idle points: the mean, over the evaluations, of the share of training points whose
+  loss weight |l'(z_i)| is below 1e-12 and 1e-8 of the largest (fitted far past the
+  margin): the most a gradient over the other points alone could save is that share of
+  the backward pass (the forward still needs every margin).
 
 Results: stdout and benchmarks/results/flow_budget.json. To label the evaluations and
 log the steps it wraps ``memgen.chebyshev``'s ``step_once``, ``step_deflated``,
@@ -53,11 +61,15 @@ from ntk import timed  # noqa: E402
 from memgen import chebyshev, rkc_run, training  # noqa: E402
 from memgen.training import FlowConfig  # noqa: E402
 
+BANDS = (0.3, 0.6, 0.9, 1.0)  # upper ends of the t / t_fit bands
+IDLE_LEVELS = (1e-12, 1e-8)  # loss weights, relative to the largest, counted as idle
+
 
 @contextlib.contextmanager
-def labelled(problem, counts: collections.Counter, log: list):
-    """Count ``problem.prepare`` calls under the purpose running them; log (stages, h rho)
-    of each accepted step."""
+def labelled(problem, counts: collections.Counter, log: list, idle: list):
+    """Count ``problem.prepare`` calls under the purpose running them; log (stages, h rho,
+    t at its end) of each accepted step and, per evaluation, the shares of training points
+    whose loss weight is below each of IDLE_LEVELS times the largest."""
     purpose, planned = ["other"], [None]
 
     def under(label, fn):
@@ -76,12 +88,15 @@ def labelled(problem, counts: collections.Counter, log: list):
 
     def flow(*a, _flow=rkc_run.rkc_flow, **k):
         for st in _flow(*a, **k):
-            log.append(planned[0])
+            log.append((*planned[0], st.t))
             yield st
 
     def counted(state, prepare=problem.prepare):
         counts[purpose[0]] += 1
-        return prepare(state)
+        prep = prepare(state)
+        weight = problem.cfg.loss.derivative(prep.z).abs()
+        idle.append([float((weight < level * weight.max()).double().mean()) for level in IDLE_LEVELS])
+        return prep
 
     with contextlib.ExitStack() as stack:
         for target, name, new in ((problem, "prepare", counted), (chebyshev.Memory, "plan", planning),
@@ -128,11 +143,15 @@ def budget(size: str, alpha: float, rtol: float, repeats: int) -> dict:
             cost[name].append(res["wall"] / res["evals"])
             evals_of[name] = res["evals"]
     problem = B.network_problem(net, data, rk)
-    counts, log = collections.Counter(), []
-    with labelled(problem, counts, log):
+    counts, log, idle = collections.Counter(), [], []
+    with labelled(problem, counts, log, idle):
         res = training.run(problem, rk, data.y_test)
-    stages = np.array([s for s, _ in log])
-    hrho = np.array([x for _, x in log])
+    stages, hrho, t_end = (np.array(c) for c in zip(*log))
+    # (t_{i-1}, t_i] of t_i = BANDS[i] t_fit; the step that contains t_fit ends past it: the last band
+    band = np.minimum(np.searchsorted(np.array(BANDS) * res.status["t_fit"], t_end), len(BANDS) - 1)
+    when = [dict(upto=b, share=float(stages[band == i].sum() / stages.sum()),
+                 hrho=float(np.median(hrho[band == i])) if (band == i).any() else None)
+            for i, b in enumerate(BANDS)]
     few = stages <= 3
     evals = sum(counts.values())
     assert evals == evals_of["rkc"], (evals, evals_of["rkc"])  # the wrappers change no step
@@ -145,6 +164,7 @@ def budget(size: str, alpha: float, rtol: float, repeats: int) -> dict:
                 few_share=float(stages[few].sum() / stage_accepted), few_hrho=float(np.median(hrho[few])),
                 seed_cost_s=c_seed, rkc_cost_s=c_rkc, speedup=seed_evals * c_seed / (evals * c_rkc),
                 evals_for_10x=seed_evals * c_seed / (10 * c_rkc), converged=bool(res.status["converged"]),
+                when=when, idle=dict(zip(map(str, IDLE_LEVELS), np.mean(idle, axis=0).tolist())),
                 **eval_cost(problem, problem.initial_state()))
 
 
@@ -179,6 +199,10 @@ def main(argv=None):
               f"{r['flops'] / 1e6:.1f} MFLOP, {100 * r['of_peak']:.0f}% of {r['rate'] / 1e9:.1f} GFLOP/s")
         print(f"{'':>15} speed-up here {r['speedup']:.2f}x; 10x needs <= {r['evals_for_10x']:.0f} evals "
               f"({r['evals_for_10x'] / r['evals']:.2f} of today's)")
+        bands = ", ".join(f"<= {b['upto']:g}: {100 * b['share']:.0f}%"
+                          + (f" (h rho {b['hrho']:.2f})" if b["hrho"] is not None else "") for b in r["when"])
+        print(f"{'':>15} accepted stage evals by t / t_fit {bands}; idle points "
+              + ", ".join(f"{100 * v:.1f}% below {k}" for k, v in r["idle"].items()))
     B.seed.write_results(args.out, "benchmarks/flow_budget.py", argv, rows)
 
 
