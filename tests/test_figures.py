@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from memgen import MemgenError
-from memgen.families import registry
+from memgen.families import registry, step
 from memgen.figures import draw, specs
 
 FIGURES = list(specs("time_scale"))
@@ -56,14 +56,11 @@ def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture
 def inputs(tmp_path):
     table, curves = synthetic()
-    from memgen.families.time_scale.summary import levels_table, phase_table
+    from memgen.families.time_scale.summary import crossover_tables
 
-    paths = {"table": tmp_path / "time_scale.csv", "curves": tmp_path / "time_scale_curves.csv",
-             "phase": tmp_path / "time_scale_phase.csv", "levels": tmp_path / "time_scale_levels.csv"}
-    table.to_csv(paths["table"], index=False)
-    curves.to_csv(paths["curves"], index=False)
-    phase_table(table).to_csv(paths["phase"], index=False)
-    levels_table(table).to_csv(paths["levels"], index=False)
+    paths = {name: tmp_path / Path(path).name for name, path in step("ts_summary").outputs.items()}
+    for name, frame in {"table": table, "curves": curves, **crossover_tables(table)}.items():
+        frame.to_csv(paths[name], index=False)
     return paths
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from memgen import MemgenError
-from memgen.families.time_scale.summary import CROSSOVER_LEVEL, LEVELS, levels_table, phase_table
+from memgen.families.time_scale.summary import CROSSOVER_LEVEL, LEVELS, crossover_tables, levels_table, phase_table
 from memgen.figures import draw
 from memgen.scaling import crossing, power_law
 
@@ -111,10 +111,11 @@ def test_levels_table_moves_the_crossover_with_the_level():
 @pytest.mark.parametrize("name", ["phase_diagram", "phase_collapse", "crossover_levels"])
 def test_phase_figures_draw(name, tmp_path):
     table = _synthetic()
-    paths = {"table": tmp_path / "t.csv", "phase": tmp_path / "p.csv", "levels": tmp_path / "l.csv"}
+    paths = {"table": tmp_path / "t.csv"}
     table.to_csv(paths["table"], index=False)
-    phase_table(table).to_csv(paths["phase"], index=False)
-    levels_table(table).to_csv(paths["levels"], index=False)
+    for key, frame in crossover_tables(table).items():
+        paths[key] = tmp_path / f"{key}.csv"
+        frame.to_csv(paths[key], index=False)
     out = tmp_path / f"{name}.png"
     draw("time_scale", name, paths, [out], {})
     assert out.stat().st_size > 5000

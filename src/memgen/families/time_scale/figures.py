@@ -288,6 +288,8 @@ def crossover_levels(levels: pd.DataFrame, options: dict):
     the scorecard dotted. Small levels sit deep in the lazy regime, large ones in the
     feature regime."""
     fig, (left, right) = style.figure(ncols=2)
+    # one fit per level (the same on each of its rows)
+    fits = levels.groupby("level")[["exponent", "exponent_lo", "exponent_hi", "prefactor"]].first()
     for i, (level, g) in enumerate(levels.groupby("level")):
         st = style.width_style(i)
         ok = g[np.isfinite(g["alpha_star"])]
@@ -295,7 +297,7 @@ def crossover_levels(levels: pd.DataFrame, options: dict):
             err = np.vstack([ok["alpha_star"] - ok["alpha_star_min"], ok["alpha_star_max"] - ok["alpha_star"]])
             left.errorbar(ok["h"], ok["alpha_star"], yerr=err, marker=st["marker"], color=st["color"], ls="none",
                           mew=0.8, elinewidth=0.6, label=f"level {level:g}")
-        a, c = (float(g[k].iloc[0]) for k in ("exponent", "prefactor"))
+        a, c = fits.loc[level, "exponent"], fits.loc[level, "prefactor"]
         if len(ok) and np.isfinite(a) and np.isfinite(c):
             h = np.geomspace(float(ok["h"].min()), float(ok["h"].max()), 20)
             left.plot(h, c * h ** (-a), "-", color=st["color"], lw=0.8)
@@ -304,8 +306,7 @@ def crossover_levels(levels: pd.DataFrame, options: dict):
     widths = sorted(levels["h"].unique())
     left.set_xticks(widths, [str(int(h)) for h in widths])
     left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    # one fit per level (the same on each of its rows); no interval (too few points) draws no bar
-    fits = levels.groupby("level")[["exponent", "exponent_lo", "exponent_hi"]].first().dropna(subset=["exponent"])
+    fits = fits.dropna(subset=["exponent"])  # no interval (too few points) draws no bar
     if len(fits):
         err = np.vstack([fits["exponent"] - fits["exponent_lo"], fits["exponent_hi"] - fits["exponent"]])
         right.errorbar(fits.index, fits["exponent"], yerr=np.nan_to_num(err), fmt="o", color="k", ms=3.5,

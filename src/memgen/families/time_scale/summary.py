@@ -92,9 +92,15 @@ def summary(job) -> None:
     table = pd.DataFrame(rows).sort_values(["h", "seed", "alpha"]).reset_index(drop=True)
     job.write_csv("table", table)
     job.write_csv("curves", pd.concat(curves, ignore_index=True))
+    for name, crossover in crossover_tables(table).items():
+        job.write_csv(name, crossover)
+
+
+def crossover_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The summary's crossover outputs from its run table: ``levels`` (:func:`levels_table`)
+    and ``phase``, its CROSSOVER_LEVEL block (= :func:`phase_table`, computed once)."""
     levels = levels_table(table)
-    job.write_csv("phase", levels[levels["level"] == CROSSOVER_LEVEL].reset_index(drop=True))
-    job.write_csv("levels", levels)
+    return {"phase": levels[levels["level"] == CROSSOVER_LEVEL].reset_index(drop=True), "levels": levels}
 
 
 def levels_table(table: pd.DataFrame) -> pd.DataFrame:
