@@ -7,7 +7,7 @@
 
 For each size and alpha, runs from the same initial weights to the margin (every
 training margin >= 1): seed 000's ``train_regular`` (the re-implementation in
-``benchmarks/train_step.py``; max_dgrad 1e-4, max_dout 0.1), memgen's
+``benchmarks/seed_loop.py``; max_dgrad 1e-4, max_dout 0.1), memgen's
 ``flow.method: euler`` (the same scheme), memgen's ``flow.method: rkc`` at each ``--rtol``
 ("rkc 0.003", deflation on: the default), the same with ``flow.deflate: false`` ("rkc-plain
 0.003"; ``--no-plain`` skips it), and with ``flow.gradient_dtype: float32`` ("rkc-f32
@@ -64,7 +64,8 @@ from scipy.integrate import DOP853
 from scipy.optimize import brentq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_step as seed  # noqa: E402  (the seed loop lives there, once)
+import seed_loop as seed  # noqa: E402  (the seed loop and the shared problem, once)
+from train_step import write_results  # noqa: E402
 
 from memgen import training  # noqa: E402
 from memgen.training import FlowConfig, NetworkProblem  # noqa: E402
@@ -285,7 +286,7 @@ def main(argv=None):
             rows.append(bench_point(size, alpha, args))
             print(f"  done {size} alpha={alpha:g}", file=sys.stderr, flush=True)
     report(rows, f"{args.threads} thread(s), {args.repeats} interleaved repeats", torch.__version__)
-    seed.write_results(args.out, "benchmarks/flow.py", argv, rows)
+    write_results(args.out, "benchmarks/flow.py", argv, rows)
 
 
 def as_accurate(m: dict, seed: dict) -> bool:

@@ -203,7 +203,7 @@ def main(argv=None):
                           + (f" (h rho {b['hrho']:.2f})" if b["hrho"] is not None else "") for b in r["when"])
         print(f"{'':>15} accepted stage evals by t / t_fit {bands}; idle points "
               + ", ".join(f"{100 * v:.1f}% below {k}" for k, v in r["idle"].items()))
-    B.seed.write_results(args.out, "benchmarks/flow_budget.py", argv, rows)
+    B.write_results(args.out, "benchmarks/flow_budget.py", argv, rows)
 
 
 if __name__ == "__main__":
