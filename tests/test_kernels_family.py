@@ -1,9 +1,7 @@
 """Kernels family (issue 3): both NTK paths against a per-example gradient loop,
 symmetry / PSD, convergence to the infinite-width kernel, predictors, linearized
-dynamics against an ODE solve and (I - eta K)^t, linearized weights against explicit J,
-and the two-class data loaders."""
-
-import pickle
+dynamics against an ODE solve and (I - eta K)^t, linearized weights against explicit J
+(its two-class data loaders: test_data.py)."""
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from scipy.integrate import solve_ivp
 from torch import nn
 
 from conftest import generic_ntk
-from memgen import MemgenError, data
+from memgen import MemgenError
 from memgen.dynamics import linearized_predictions, linearized_weights
 from memgen.kernels import (
     analytic_kernels,
@@ -340,67 +338,6 @@ def test_linearized_weights_match_explicit_jacobian(continuous):
         for _ in range(30):
             w = w - eta * J.t() @ (f0 + J @ (w - w0) - y)
         close(W[-1], w, rtol=1e-9)
-
-
-# ---------------------------------------------------------------- data
-
-
-def test_digits_two_classes():
-    ds = data.digits(n_train=50, n_test=0, classes=(3, 8), seed=1)
-    assert ds.x_train.shape == (50, 64) and len(ds.x_test) > 250
-    assert set(ds.y_train.tolist()) <= {-1.0, 1.0} and set(ds.y_test.tolist()) == {-1.0, 1.0}
-    torch.testing.assert_close((ds.x_train ** 2).sum(1), torch.full((50,), 64.0, dtype=DT))
-    again = data.make({"name": "digits", "n_train": 50, "n_test": 0, "classes": [3, 8], "seed": 1})
-    assert torch.equal(again.x_test, ds.x_test)
-    with pytest.raises(MemgenError, match="exceeds"):
-        data.digits(n_train=400, n_test=0)
-
-
-def test_digits_even_vs_odd():
-    """A class may be a list of digits: even vs odd over all ten (the accuracy figure's task)."""
-    from sklearn.datasets import load_digits
-
-    from memgen.families.kernels.summary import task
-
-    evens, odds = [0, 2, 4, 6, 8], [1, 3, 5, 7, 9]
-    ds = data.digits(n_train=300, n_test=0, classes=(evens, odds), seed=0, normalize=False)
-    digit = load_digits().target
-    assert len(ds.x_train) + len(ds.x_test) == len(digit)  # every image is in one of the two classes
-    for y, rows in ((ds.y_train, ds.meta["index_train"]), (ds.y_test, ds.meta["index_test"])):
-        np.testing.assert_array_equal(y.numpy(), np.where(digit[rows] % 2 == 1, 1.0, -1.0))
-    np.testing.assert_array_equal(ds.x_train.numpy(), load_digits().data[ds.meta["index_train"]] / 16.0)
-    with pytest.raises(MemgenError, match="disjoint"):
-        data.digits(n_train=10, classes=([1, 2], [2, 3]))
-    assert task([evens, odds]) == "even vs odd" and task([3, 8]) == "3 vs 8" and task([[1, 7], 2]) == "{1,7} vs 2"
-
-
-def _fake_cifar(root, n=20, seed=0):
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for name in data.CIFAR_FILES:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"labels": list(rng.integers(0, 3, n))}
-        with open(root / name, "wb") as fh:
-            pickle.dump(batch, fh)
-
-
-def test_cifar2_from_local_batches(tmp_path):
-    root = tmp_path / "cifar-10-batches-py"
-    with pytest.raises(MemgenError, match="data_batch_1.*test_batch"):
-        data.cifar2(root=str(root))
-    _fake_cifar(root)
-    ds = data.cifar2(n_train=12, n_test=0, classes=(0, 1), seed=0, root=str(root))
-    with open(root / "test_batch", "rb") as fh:
-        tb = pickle.load(fh)
-    labels = np.asarray(tb[b"labels"])
-    keep = np.isin(labels, (0, 1))
-    assert ds.x_train.shape == (12, 3072) and len(ds.x_test) == keep.sum()
-    np.testing.assert_allclose(ds.x_test.numpy(), 2 * tb[b"data"][keep].astype(np.float64) / 255.0 - 1)
-    np.testing.assert_array_equal(ds.y_test.numpy(), np.where(labels[keep] == 1, 1.0, -1.0))
-    assert float(ds.x_train.abs().max()) <= 1.0
-    (root / "test_batch").write_bytes(b"not a pickle")
-    with pytest.raises(MemgenError, match="not a CIFAR-10 python batch"):
-        data.cifar2(root=str(root))
 
 
 # ---------------------------------------------------------------- the family's studies
