@@ -52,18 +52,16 @@ def phase_rtol_run(net, data, cfg, bulk: float, end: float, share: float) -> dic
     def scaled(*args, **kwargs):
         return estimate(*args, **kwargs) * (bulk / end if state["unfitted"] <= share else 1.0)
 
+    def counted(self, s, prepare=B.NetworkProblem.prepare):
+        state["late"] += state["unfitted"] <= share
+        return prepare(self, s)
+
     c = FlowConfig(**{**cfg.__dict__, "method": "rkc", "rtol": bulk, "checkpoints_per_decade": 20.0})
     with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(chebyshev, "step_once", tracked(step_once)))
-        stack.enter_context(mock.patch.object(chebyshev, "step_deflated", tracked(step_deflated)))
-        stack.enter_context(mock.patch.object(chebyshev, "error_estimate", scaled))
-        problem_prepare = B.NetworkProblem.prepare
-
-        def counted(self, s):
-            state["late"] += state["unfitted"] <= share
-            return problem_prepare(self, s)
-
-        stack.enter_context(mock.patch.object(B.NetworkProblem, "prepare", counted))
+        for target, name, new in ((chebyshev, "step_once", tracked(step_once)),
+                                  (chebyshev, "step_deflated", tracked(step_deflated)),
+                                  (chebyshev, "error_estimate", scaled), (B.NetworkProblem, "prepare", counted)):
+            stack.enter_context(mock.patch.object(target, name, new))
         run = B.run_memgen(net, data, c)
     run["late_share"] = state["late"] / run["evals"]
     return run
