@@ -157,6 +157,11 @@ def reference(net, data, cfg, times: np.ndarray, path: Path) -> dict:
                 evals=int(table["evals"]))
 
 
+def outputs_at(problem: NetworkProblem, w: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The outputs alpha (f(w) - f(w0)) on the training and the test points."""
+    return (problem.margins(w) * problem.y).numpy(), problem.test_outputs((w, None)).numpy()
+
+
 def _integrate(net, data, cfg, times: np.ndarray) -> dict:
     """The reference integration at sorted, distinct ``times``."""
     problem = network_problem(net, data, cfg)
@@ -173,8 +178,7 @@ def _integrate(net, data, cfg, times: np.ndarray) -> dict:
         return np.concatenate([av, -(av + alpha * g) / tau])
 
     def outputs(y):
-        w = w0 + torch.from_numpy(y[:P]) / alpha
-        return (problem.margins(w) * problem.y).numpy(), problem.test_outputs((w, None)).numpy()
+        return outputs_at(problem, w0 + torch.from_numpy(y[:P]) / alpha)
 
     def margin(y):
         return float(problem.margins(w0 + torch.from_numpy(y[:P]) / alpha).min()) - 1

@@ -55,8 +55,10 @@ class KernelSteps:
 
     def __init__(self, net, data, cfg):
         self.problem = p = B.network_problem(net, data, cfg)
+        if cfg.loss.name != "soft_hinge":
+            raise ValueError(f"flow_kernel_step models the soft hinge only, got loss {cfg.loss.name!r}")
         self.spec, self.model, self.alpha, self.coef = net.spec, p.model, cfg.alpha, p.coef
-        self.y, self.beta = p.y.numpy(), cfg.loss.beta
+        self.y, self.loss = p.y.numpy(), cfg.loss
 
     def gram(self, w):
         """The NTK of f on the training set at w, (n, n)."""
@@ -69,19 +71,13 @@ class KernelSteps:
     def pullback(self, w, cache, u):
         return w - self.model.vjp(cache, torch.from_numpy(self.y * u))
 
-    def outputs(self, w):
-        p = self.problem
-        with torch.no_grad():
-            return [(self.alpha * (self.model.forward(w, x, keep=False)[0] - f0)).numpy()
-                    for x, f0 in ((p.x, p.f0), (p.x_test, p.f0_test))]
-
     def inner(self, z0, K, T):
         """u(t) on [0, T] from the margins z0 with kernel K; stops where every z reaches 1."""
         A = self.alpha * K * np.outer(self.y, self.y)
 
-        def slopes(u):
-            s = 1 / (1 + np.exp(-self.beta * (1 - (z0 - A @ u))))  # -l'(z), soft hinge
-            return -s * self.coef, self.beta * s * (1 - s) * self.coef
+        def slopes(u):  # du/dt = l'(z) coef and its derivative in z, l''(z) coef = beta s (1 - s) coef, s = -l'(z)
+            s = -self.loss.derivative(torch.from_numpy(z0 - A @ u)).numpy()
+            return -s * self.coef, self.loss.beta * s * (1 - s) * self.coef
 
         def margin(t, u):
             return float((z0 - A @ u).min()) - 1
@@ -97,7 +93,7 @@ class KernelSteps:
         w = self.problem.w0.clone()
         z, cache = self.forward(w)
         K = self.gram(w)
-        rho = self.alpha * self.coef * self.beta / 4 * float(np.linalg.eigvalsh(K)[-1])
+        rho = self.alpha * self.coef * self.loss.beta / 4 * float(np.linalg.eigvalsh(K)[-1])
         t, h, i = 0.0, 0.1 / rho, 0
         rec = {"t": [], "F_train": [], "F_test": []}
         attempts = steps = 0
@@ -122,8 +118,9 @@ class KernelSteps:
                 continue
             steps += 1
             while i < len(times) and times[i] <= t + T * (1 + 1e-12):
-                for name, F in zip(("F_train", "F_test"), self.outputs(self.pullback(w, cache_m, sol.sol(times[i] - t)))):
-                    rec[name].append(F)
+                F_train, F_test = B.outputs_at(self.problem, self.pullback(w, cache_m, sol.sol(times[i] - t)))
+                rec["F_train"].append(F_train)
+                rec["F_test"].append(F_test)
                 rec["t"].append(times[i])
                 i += 1
             t, w, z, cache, K = t + T, w_new, z_new, cache_new, K_m
